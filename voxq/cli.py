@@ -1,0 +1,59 @@
+"""The `voxq` command: built-in commands plus those the producer, worker and API packages
+register through the `voxq.commands` entry-point group (so the core imports none of them)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+
+from voxq import __version__
+from voxq.errors import VoxqError
+from voxq.settings import get_settings
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _register_builtin(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from voxq import demo, redis_cmd
+
+    redis_cmd.register(sub)
+    demo.register(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="voxq", description="Live call audio from Redis streams to speech vendors and back.")
+    parser.add_argument("--version", action="version", version=f"voxq {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _register_builtin(sub)
+    for ep in sorted(entry_points(group="voxq.commands"), key=lambda e: e.name):
+        ep.load()(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, run the subcommand, turn voxq errors into a message and exit 2."""
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handler: Handler = args.func
+    try:
+        return int(handler(args) or 0)
+    except VoxqError as e:
+        print(f"voxq {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""The few named errors the core raises; every user-facing failure is one of these."""
+
+from __future__ import annotations
+
+
+class VoxqError(Exception):
+    """Base of every error voxq raises on purpose."""
+
+
+class InvalidInput(VoxqError, ValueError):
+    """Input that voxq refuses: a bad session id, option, rate or chunk. Changes nothing."""
+
+
+class InvalidSessionId(InvalidInput):
+    """A session id outside `[A-Za-z0-9._-]{1,128}`."""
+
+
+class InvalidAudio(InvalidInput):
+    """Audio that cannot be read or does not match its declared format."""
+
+
+class UnknownSession(VoxqError, LookupError):
+    """A session id that has no meta hash in Redis."""
+
+
+class SessionExists(VoxqError):
+    """A producer tried to create a session id that is already in use."""
+
+
+class RedisUnavailable(VoxqError, ConnectionError):
+    """Redis could not be reached (or an embedded one could not be started)."""

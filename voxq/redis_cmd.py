@@ -1,0 +1,33 @@
+"""`voxq redis`: run the embedded Redis on its own, for producers and workers to share."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+from voxq.embedded_redis import RedisServer
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start redis-server, print its URL, serve until interrupted."""
+    with RedisServer(port=args.port or None, appendonly=args.appendonly) as server:
+        print(f"REDIS_URL={server.url}", flush=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            while not stop.wait(0.5):
+                if server.proc is None or server.proc.poll() is not None:
+                    print("voxq redis: redis-server exited")
+                    return 1
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `voxq redis`."""
+    p = sub.add_parser("redis", help="run an embedded redis-server and print its REDIS_URL")
+    p.add_argument("--port", type=int, default=0, help="TCP port (default: a free one)")
+    p.add_argument("--appendonly", action="store_true", help="turn AOF persistence on")
+    p.set_defaults(func=run)

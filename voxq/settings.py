@@ -1,0 +1,82 @@
+"""Settings read once from the environment; secrets are SecretStr so they never print."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Every knob voxq reads; the README's configuration table lists the same names."""
+
+    model_config = SettingsConfigDict(env_prefix="VOXQ_", extra="ignore", populate_by_name=True)
+
+    # Redis
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=_env("REDIS_URL", "VOXQ_REDIS_URL"),
+        description="Redis to use; unset starts an embedded redis-server.",
+    )
+    prefix: str = Field(default="voxq", pattern=r"^[A-Za-z0-9_.-]{1,32}$",
+                        description="Key prefix of every key voxq writes.")
+
+    # Sessions and streams
+    default_chunk_ms: int = Field(default=100, ge=20, le=200,
+                                  description="Chunk duration producers publish.")
+    max_session_seconds: int = Field(default=4 * 3600, ge=10,
+                                     description="Longest session accepted.")
+    partial_maxlen: int = Field(default=200, ge=10,
+                                description="Approximate cap on a session's partial stream.")
+    retention_seconds: int = Field(default=7 * 24 * 3600, ge=60,
+                                   description="How long a finished session's keys live.")
+    idle_timeout_seconds: float = Field(default=120.0, gt=0,
+                                        description="No audio for this long: `abandoned`.")
+
+    # Worker
+    worker_name: str | None = Field(default=None,
+                                    description="Consumer name; default host-pid.")
+    max_sessions: int = Field(default=500, ge=1, description="Sessions one worker drives.")
+    claim_timeout_seconds: float = Field(
+        default=5.0, gt=0.2, description="A claim idle this long is taken over.")
+    session_queue_chunks: int = Field(
+        default=50, ge=2, description="Chunks buffered per session before backpressure.")
+
+    # Producer
+    producer_buffer_chunks: int = Field(
+        default=600, ge=1, description="Chunks a Publisher holds before it blocks.")
+
+    # API
+    api_host: str = Field(default="127.0.0.1", description="Address the API binds.")
+    api_port: int = Field(default=8000, ge=0, le=65535, description="Port the API binds.")
+    api_key: SecretStr | None = Field(
+        default=None, description="When set, the API requires `Authorization: Bearer KEY`.")
+
+    # Local engine
+    local_model_dir: str | None = Field(
+        default=None, description="pocketsphinx model directory; default: the bundled en-us.")
+
+    # AWS (standard AWS variable names)
+    aws_access_key_id: SecretStr | None = Field(
+        default=None, validation_alias=_env("AWS_ACCESS_KEY_ID"))
+    aws_secret_access_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("AWS_SECRET_ACCESS_KEY"))
+    aws_session_token: SecretStr | None = Field(
+        default=None, validation_alias=_env("AWS_SESSION_TOKEN"))
+    aws_region: str = Field(default="us-east-1",
+                            validation_alias=_env("AWS_REGION", "AWS_DEFAULT_REGION"))
+    aws_transcribe_endpoint: str | None = Field(
+        default=None, description="Override wss://host:port of Transcribe streaming.")
+
+    log_level: str = Field(default="INFO", description="Python logging level.")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""One adapter per speech vendor behind the interfaces of `workers.vendors.base`."""

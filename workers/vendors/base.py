@@ -1,0 +1,185 @@
+"""The one interface every vendor adapter implements, its result types and its errors.
+
+A `Recognizer` is one streaming recognition session: the worker sends it s16le PCM at the
+rate it asked for and iterates its results (partial and final `Transcript`s, times in
+seconds from the first byte it was sent). A `Synthesizer` turns text into MP3 bytes.
+Errors say whether a retry can help, so the worker never retries what cannot succeed.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from voxq.errors import InvalidInput, VoxqError
+from voxq.records import Transcript, Word
+from voxq.settings import Settings
+
+__all__ = [
+    "NoOptions",
+    "Recognizer",
+    "RecognizerConfig",
+    "SynthesisRequest",
+    "Synthesizer",
+    "Transcript",
+    "VendorAuthError",
+    "VendorError",
+    "VendorOptionError",
+    "VendorRejected",
+    "VendorRetryable",
+    "Word",
+]
+
+
+# --- errors -------------------------------------------------------------------------------
+
+class VendorError(VoxqError):
+    """A vendor session failed. ``retryable`` says whether a new attempt can succeed."""
+
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, vendor: str = "", code: str | int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.vendor = vendor
+        self.code = code
+
+    def __str__(self) -> str:
+        where = f"{self.vendor}: " if self.vendor else ""
+        code = f"{self.code}: " if self.code not in (None, "") else ""
+        return f"{where}{code}{self.message}"
+
+
+class VendorRetryable(VendorError):
+    """Transient: a dropped socket, a 5xx, throttling, a limit that a new session resets."""
+
+    retryable = True
+
+
+class VendorRejected(VendorError):
+    """The vendor refused the request itself (bad parameter, bad audio): retrying won't help."""
+
+
+class VendorAuthError(VendorRejected):
+    """Credentials missing, wrong or expired."""
+
+
+class VendorOptionError(InvalidInput):
+    """A per-session option the vendor does not accept; raised when the session is created."""
+
+
+# --- configuration ------------------------------------------------------------------------
+
+class NoOptions(BaseModel):
+    """Options model of a vendor that takes no per-session options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class RecognizerConfig:
+    """What one recognition session needs to know, from the session's meta."""
+
+    session_id: str
+    rate: int
+    channels: int
+    language: str
+    options: BaseModel = field(default_factory=NoOptions)
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesisRequest:
+    """One text-to-speech request."""
+
+    text: str
+    voice: str | None = None
+    speed: float = 1.0
+    volume: float = 1.0
+    pitch: float = 1.0
+    sample_rate: int = 24000
+    format: str = "mp3"
+
+
+# --- interfaces ---------------------------------------------------------------------------
+
+class Recognizer(abc.ABC):
+    """One streaming recognition session with a vendor (one socket, usually)."""
+
+    name: ClassVar[str]
+    options_model: ClassVar[type[BaseModel]] = NoOptions
+    #: fastest replay the vendor tolerates, as a multiple of real time
+    max_replay_speed: ClassVar[float] = 4.0
+
+    def __init__(self, config: RecognizerConfig, settings: Settings):
+        self.config = config
+        self.settings = settings
+
+    @property
+    def input_rate(self) -> int:
+        """Sample rate the vendor wants; the worker resamples bus audio to it."""
+        return self.config.rate
+
+    @classmethod
+    def validate_options(cls, language: str, rate: int, channels: int,
+                         options: Mapping[str, Any]) -> BaseModel:
+        """Check a session's options before it is created; raise VendorOptionError."""
+        from pydantic import ValidationError
+
+        try:
+            return cls.options_model.model_validate(dict(options))
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg']}"
+                for err in e.errors()
+            )
+            raise VendorOptionError(f"{cls.name}: invalid options: {problems}") from e
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open the vendor session; raise VendorError if it cannot be opened."""
+
+    @abc.abstractmethod
+    async def send(self, pcm: bytes) -> None:
+        """Send interleaved s16le PCM at ``input_rate`` (any length; the adapter re-chunks)."""
+
+    @abc.abstractmethod
+    async def finish(self) -> None:
+        """No more audio: ask the vendor for its last finals; ``results()`` then ends."""
+
+    @abc.abstractmethod
+    def results(self) -> AsyncIterator[Transcript]:
+        """Results as they arrive; raises VendorError if the session fails."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Abort and release everything; safe to call twice and after a failure."""
+
+    async def __aenter__(self) -> Recognizer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class Synthesizer(abc.ABC):
+    """Text in, MP3 bytes out."""
+
+    name: ClassVar[str]
+    #: longest text one vendor call accepts, in characters (adapters split longer text)
+    max_chars: ClassVar[int] = 1000
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @abc.abstractmethod
+    def voices(self) -> list[str]:
+        """Voice names this vendor offers; the first is the default."""
+
+    @abc.abstractmethod
+    async def synthesize(self, request: SynthesisRequest) -> bytes:
+        """MP3 bytes of ``request.text`` (at most ``max_chars``)."""

@@ -1,0 +1,62 @@
+"""Vendor adapters by name, imported lazily so a producer or API never loads a vendor it
+does not use (and an unknown name is a clear error that lists the known ones)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from voxq.errors import InvalidInput
+from workers.vendors.base import Recognizer, RecognizerConfig, Synthesizer
+from voxq.settings import Settings
+
+RECOGNIZERS: dict[str, str] = {
+    "local": "workers.vendors.local.recognizer:LocalRecognizer",
+}
+
+SYNTHESIZERS: dict[str, str] = {}
+
+
+class UnknownVendor(InvalidInput):
+    """A vendor name that is not registered."""
+
+
+def _load(table: Mapping[str, str], name: str, kind: str) -> Any:
+    try:
+        target = table[name]
+    except KeyError:
+        known = ", ".join(sorted(table)) or "none"
+        raise UnknownVendor(f"unknown {kind} vendor {name!r}; known: {known}") from None
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def recognizer_class(name: str) -> type[Recognizer]:
+    """The Recognizer class registered as ``name``."""
+    cls: type[Recognizer] = _load(RECOGNIZERS, name, "recognition")
+    return cls
+
+
+def synthesizer_class(name: str) -> type[Synthesizer]:
+    """The Synthesizer class registered as ``name``."""
+    cls: type[Synthesizer] = _load(SYNTHESIZERS, name, "speech")
+    return cls
+
+
+def validate_session(vendor: str, language: str, rate: int, channels: int,
+                     options: Mapping[str, Any]) -> BaseModel:
+    """Check vendor and options when a session is created, so mistakes fail at the producer."""
+    return recognizer_class(vendor).validate_options(language, rate, channels, options)
+
+
+def create_recognizer(vendor: str, session_id: str, language: str, rate: int, channels: int,
+                      options: Mapping[str, Any], settings: Settings) -> Recognizer:
+    """A new, not yet started, recognizer for one session."""
+    cls = recognizer_class(vendor)
+    parsed = cls.validate_options(language, rate, channels, options)
+    config = RecognizerConfig(session_id=session_id, rate=rate, channels=channels,
+                              language=language, options=parsed)
+    return cls(config, settings)
