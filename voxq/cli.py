@@ -32,8 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _register_builtin(sub)
     for ep in sorted(entry_points(group="voxq.commands"), key=lambda e: e.name):
-        ep.load()(sub)
+        try:
+            register = ep.load()
+        except ImportError as e:  # a broken install must not take every other command down
+            _unavailable(sub, ep.name, str(e))
+            continue
+        register(sub)
     return parser
+
+
+def _unavailable(sub: argparse._SubParsersAction, name: str, why: str) -> None:  # type: ignore[type-arg]
+    def fail(_: argparse.Namespace) -> int:
+        raise VoxqError(f"this command cannot load ({why}); reinstall with `pip install -e .`")
+
+    p = sub.add_parser(name, help=f"(unavailable: {why})")
+    p.set_defaults(func=fail)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

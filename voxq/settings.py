@@ -23,7 +23,7 @@ class Settings(BaseSettings):
         validation_alias=_env("REDIS_URL", "VOXQ_REDIS_URL"),
         description="Redis to use; unset starts an embedded redis-server.",
     )
-    prefix: str = Field(default="voxq", pattern=r"^[A-Za-z0-9_.-]{1,32}$",
+    prefix: str = Field(default="voxq", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
                         description="Key prefix of every key voxq writes.")
 
     # Sessions and streams

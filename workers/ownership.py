@@ -1,0 +1,194 @@
+"""Session ownership: claim with an epoch, fenced writes, claim refresh and hand-off.
+
+A worker owns a session while (a) the session's control entry is in its pending list and
+(b) the meta hash's ``epoch`` is the one it got when it claimed. Every write a worker makes
+for a session runs as a script that first checks the epoch, so an owner that was paused or
+partitioned and lost the session can never write again (fencing). All keys a script
+touches share the session's hash slot, so the scripts run unchanged on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from voxq.keys import TRANSCRIBERS_GROUP, Keys
+from voxq.records import Status
+
+HANDOFF_CONSUMER = "handoff"
+
+
+class Fenced(Exception):
+    """This worker no longer owns the session: stop without writing."""
+
+
+class SessionGone(Exception):
+    """The session has no meta (expired or deleted) or already reached a terminal status."""
+
+
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'finished' or st == 'failed' or st == 'abandoned' then return -3 end
+local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'status', 'active', 'updated', ARGV[2])
+return epoch
+"""
+
+# KEYS: meta, final. ARGV: epoch, expected seq, channel, end_frames, checkpoint_id,
+# checkpoint_frames, audio_seconds, now, then the final's fields as name/value pairs.
+# The expected seq makes a retried write (reply lost to a dropped connection) a no-op.
+_WRITE_FINAL = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return -1 end
+local have = tonumber(redis.call('HGET', KEYS[1], 'finals') or '0')
+local seq = tonumber(ARGV[2])
+if have > seq then return -3 end
+if have < seq then return -4 end
+redis.call('HSET', KEYS[1], 'finals', seq + 1)
+local fields = {'seq', ARGV[2]}
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('XADD', KEYS[2], '*', unpack(fields))
+redis.call('HSET', KEYS[1], 'final_end:' .. ARGV[3], ARGV[4], 'checkpoint', ARGV[5],
+           'checkpoint_frames', ARGV[6], 'audio_seconds', ARGV[7], 'updated', ARGV[8])
+return seq
+"""
+
+# KEYS: meta, partial. ARGV: epoch, maxlen, then fields.
+_WRITE_PARTIAL = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return -1 end
+local fields = {}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
+return 1
+"""
+
+# KEYS: meta then every other key of the session. ARGV: epoch, status, error, now, ttl.
+_SET_STATUS = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return -1 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'error', ARGV[3], 'updated', ARGV[4])
+local ttl = tonumber(ARGV[5])
+if ttl > 0 then
+  for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ttl) end
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Where a resumed session starts: the audio entry id after which nothing is final,
+    its position in frames, and per channel the end (in frames) of the last final written."""
+
+    entry_id: str
+    frames: int
+    final_end: tuple[int, ...]
+
+
+def _s(v: object) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def checkpoint_from_meta(h: Mapping[bytes, bytes], channels: int) -> Checkpoint:
+    """Read the checkpoint fields out of a meta hash (zeros for a new session)."""
+    d = {_s(k): _s(v) for k, v in h.items()}
+    return Checkpoint(
+        entry_id=d.get("checkpoint", "0-0") or "0-0",
+        frames=int(d.get("checkpoint_frames", 0) or 0),
+        final_end=tuple(int(d.get(f"final_end:{c}", -1)) for c in range(channels)),
+    )
+
+
+class Ownership:
+    """The fenced operations of one worker on the sessions it owns."""
+
+    def __init__(self, r: aioredis.Redis, keys: Keys, consumer: str):
+        self.r = r
+        self.keys = keys
+        self.consumer = consumer
+        self._claim = r.register_script(_CLAIM)
+        self._final = r.register_script(_WRITE_FINAL)
+        self._partial = r.register_script(_WRITE_PARTIAL)
+        self._status = r.register_script(_SET_STATUS)
+
+    async def claim(self, sid: str) -> int:
+        """Take the session: bump and return its epoch. SessionGone if there is nothing to do."""
+        epoch = int(await self._claim(keys=[self.keys.meta(sid)],
+                                      args=[self.consumer, repr(time.time())]))
+        if epoch < 0:
+            raise SessionGone(sid)
+        return epoch
+
+    async def write_final(self, sid: str, epoch: int, seq: int, channel: int, end_frames: int,
+                          checkpoint: str, checkpoint_frames: int, audio_seconds: float,
+                          fields: Mapping[str, str]) -> None:
+        """Append final number ``seq`` and move the checkpoint, atomically and idempotently
+        (a retry after a lost reply writes nothing twice); Fenced if no longer owner."""
+        flat: list[str] = []
+        for k, v in fields.items():
+            if k != "seq":
+                flat += [k, v]
+        rc = int(await self._final(
+            keys=[self.keys.meta(sid), self.keys.final(sid)],
+            args=[epoch, seq, channel, end_frames, checkpoint, checkpoint_frames,
+                  repr(round(audio_seconds, 3)), repr(time.time()), *flat]))
+        if rc == -1:
+            raise Fenced(sid)
+        if rc == -4:
+            raise Fenced(f"{sid}: final {seq} is ahead of the stored count")
+
+    async def write_partial(self, sid: str, epoch: int, maxlen: int,
+                            fields: Mapping[str, str]) -> None:
+        """Append a partial to the capped partial stream; Fenced if no longer owner."""
+        flat: list[str] = []
+        for k, v in fields.items():
+            flat += [k, v]
+        ok = int(await self._partial(keys=[self.keys.meta(sid), self.keys.partial(sid)],
+                                     args=[epoch, maxlen, *flat]))
+        if ok < 0:
+            raise Fenced(sid)
+
+    async def set_status(self, sid: str, epoch: int, status: Status, error: str = "",
+                         ttl: int = 0) -> None:
+        """Write a status (and, for terminal ones, retention TTLs); Fenced if not owner."""
+        ok = int(await self._status(keys=list(self.keys.session_keys(sid)),
+                                    args=[epoch, status.value, error[:2000],
+                                          repr(time.time()), ttl]))
+        if ok < 0:
+            raise Fenced(sid)
+
+    async def epochs(self, sids: Sequence[str]) -> list[int | None]:
+        """Current epoch of each session (None where the meta is gone), pipelined."""
+        if not sids:
+            return []
+        async with self.r.pipeline(transaction=False) as p:
+            for sid in sids:
+                p.hget(self.keys.meta(sid), "epoch")
+            raw = await p.execute()
+        return [None if v is None else int(v) for v in raw]
+
+    async def refresh(self, entry_ids: Sequence[str]) -> set[str]:
+        """Reset the idle time of our control entries; return the ids still pending for us."""
+        if not entry_ids:
+            return set()
+        got = await self.r.xclaim(self.keys.sessions, TRANSCRIBERS_GROUP, self.consumer,
+                                  min_idle_time=0, message_ids=list(entry_ids), justid=True)
+        return {_s(x) for x in got}
+
+    async def handoff(self, entry_ids: Sequence[str], idle_ms: int) -> None:
+        """Give control entries up so another worker's next takeover scan picks them at once."""
+        if entry_ids:
+            await self.r.xclaim(self.keys.sessions, TRANSCRIBERS_GROUP, HANDOFF_CONSUMER,
+                                min_idle_time=0, message_ids=list(entry_ids), idle=idle_ms,
+                                justid=True)
+
+    async def ack(self, entry_id: str, sid: str | None = None) -> None:
+        """Acknowledge (and delete) a control entry whose session is done; drop it from live."""
+        async with self.r.pipeline(transaction=False) as p:
+            p.xack(self.keys.sessions, TRANSCRIBERS_GROUP, entry_id)
+            p.xdel(self.keys.sessions, entry_id)
+            if sid is not None:
+                p.zrem(self.keys.live, sid)
+            await p.execute()

@@ -1,0 +1,257 @@
+"""Drive one session: relay its audio from the checkpoint to a vendor recognizer and write
+what comes back, fenced; retry transient vendor failures by replaying from the checkpoint.
+
+The checkpoint is the audio entry up to which every final is durable. Times from a vendor
+are relative to the audio it was sent, so they are re-based by the checkpoint's position;
+finals that end no later than the last one written on their channel were already said
+(a replay re-recognises them) and are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from voxq.audio import Converter, decode_raw
+from voxq.errors import InvalidInput
+from voxq.keys import Keys
+from voxq.records import SessionMeta, Status, Transcript, decode_chunk, encode_transcript
+from voxq.settings import Settings
+from workers.audio_reader import AudioReader, Subscription
+from workers.ownership import Checkpoint, Fenced, Ownership
+from workers.vendors.base import Recognizer, VendorError, VendorRetryable
+from workers.vendors.registry import create_recognizer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_ATTEMPTS = 8
+HORIZON_MARGIN_S = 2.0  # how far behind the newest result a silent channel's checkpoint trails
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What every session of one worker shares."""
+
+    r: aioredis.Redis
+    keys: Keys
+    settings: Settings
+    ownership: Ownership
+    reader: AudioReader
+
+
+async def redis_retry(fn: Callable[[], Awaitable[T]], what: str) -> T:
+    """Run a Redis operation until it succeeds, backing off while Redis is unreachable."""
+    delay = 0.05
+    while True:
+        try:
+            return await fn()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            log.warning("%s: Redis unavailable (%s); retrying", what, e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+class SessionRunner:
+    """The task that owns one claimed session until it ends, fails or is handed off."""
+
+    def __init__(self, ctx: Context, meta: SessionMeta, epoch: int, control_id: str,
+                 checkpoint: Checkpoint):
+        self.ctx = ctx
+        self.meta = meta
+        self.sid = meta.session_id
+        self.epoch = epoch
+        self.control_id = control_id
+        self.checkpoint = checkpoint
+        self.final_end = list(checkpoint.final_end)
+        self.finals = meta.finals
+        self.pending = [False] * meta.channels  # a partial is open on the channel
+        self.horizon = checkpoint.frames  # newest result end seen, in bus frames
+        self._window: deque[tuple[str, int]] = deque()  # (entry id, end frame) since checkpoint
+        self.bad_chunks = 0
+        self.attempts = 0
+        self.status: Status | None = None
+
+    # --- the session's life -------------------------------------------------------------
+
+    async def run(self) -> Status | None:
+        """Relay until the end; return the terminal status written, None if fenced."""
+        error = ""
+        while True:
+            try:
+                status = await self._attempt()
+                break
+            except Fenced:
+                log.warning("session %s: ownership lost; stopping without writing", self.sid)
+                return None
+            except VendorError as e:
+                self.attempts += 1
+                if e.retryable and self.attempts < MAX_ATTEMPTS:
+                    delay = min(0.25 * 2 ** self.attempts, 15.0) * (0.5 + random.random() / 2)
+                    log.warning("session %s: %s; retry %d in %.1fs from checkpoint %s",
+                                self.sid, e, self.attempts, delay, self.checkpoint.entry_id)
+                    await asyncio.sleep(delay)
+                    continue
+                status, error = Status.FAILED, str(e)
+                break
+            except InvalidInput as e:
+                status, error = Status.FAILED, str(e)
+                break
+        try:
+            await redis_retry(lambda: self.ctx.ownership.set_status(
+                self.sid, self.epoch, status, error, ttl=self.ctx.settings.retention_seconds),
+                f"session {self.sid} status")
+        except Fenced:
+            return None
+        await redis_retry(lambda: self.ctx.ownership.ack(self.control_id, self.sid),
+                          f"session {self.sid} ack")
+        self.status = status
+        log.info("session %s %s%s", self.sid, status.value, f": {error}" if error else "")
+        return status
+
+    async def _attempt(self) -> Status:
+        """One vendor session from the checkpoint to the end of the audio."""
+        m = self.meta
+        rec = create_recognizer(m.vendor, self.sid, m.language, m.rate, m.channels, m.options,
+                                self.ctx.settings)
+        sub = self.ctx.reader.subscribe(self.ctx.keys.audio(self.sid), self.checkpoint.entry_id,
+                                        self.ctx.settings.session_queue_chunks)
+        self._window.clear()
+        self.pending = [False] * m.channels
+        offset = self.checkpoint.frames
+        try:
+            await rec.start()
+            collector = asyncio.create_task(self._collect(rec, offset))
+            pump = asyncio.create_task(self._pump(rec, sub, offset))
+            done, _ = await asyncio.wait({collector, pump},
+                                         return_when=asyncio.FIRST_EXCEPTION)
+            for t in (pump, collector):
+                if t in done and t.exception() is not None:
+                    for other in (pump, collector):
+                        other.cancel()
+                    await asyncio.gather(pump, collector, return_exceptions=True)
+                    raise t.exception()  # type: ignore[misc]
+            if collector.done() and not pump.done():
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
+                raise VendorRetryable("results ended before the end of the audio",
+                                      vendor=m.vendor)
+            status = await pump
+            await collector
+            return status
+        finally:
+            self.ctx.reader.unsubscribe(sub)
+            await rec.close()
+
+    # --- audio in -----------------------------------------------------------------------
+
+    async def _pump(self, rec: Recognizer, sub: Subscription, offset: int) -> Status:
+        """Send audio in order; replay no faster than the vendor allows; stop at eos/idle."""
+        m = self.meta
+        frame_bytes = 2 * m.channels
+        conv = (None if rec.input_rate == m.rate
+                else Converter(m.rate, rec.input_rate, m.channels))
+        speed = rec.max_replay_speed
+        t0 = time.monotonic()
+        sent = 0
+        idle = self.ctx.settings.idle_timeout_seconds
+        half = sub.limit // 2
+        while True:
+            entry = await sub.get(idle)
+            if len(sub.inbox) == half:
+                self.ctx.reader.poke()
+            if entry is None:
+                log.warning("session %s: no audio for %.0fs: abandoned", self.sid, idle)
+                await self._finish(rec, conv)
+                return Status.ABANDONED
+            eid, fields = entry
+            try:
+                chunk = decode_chunk(fields)
+            except InvalidInput as e:
+                self._bad_chunk(eid, str(e))
+                continue
+            if chunk.eos:
+                await self._finish(rec, conv)
+                return Status.FINISHED
+            pcm = chunk.pcm
+            if not pcm or len(pcm) % frame_bytes or len(pcm) > m.max_chunk_bytes:
+                self._bad_chunk(eid, f"{len(pcm)} bytes is not 1..{m.max_chunk_bytes} bytes "
+                                     f"of whole {m.channels}-channel s16 frames")
+                continue
+            sent += len(pcm) // frame_bytes
+            self._window.append((eid, offset + sent))
+            ahead = sent / m.rate - ((time.monotonic() - t0) * speed + 2.0)
+            if ahead > 0:
+                await asyncio.sleep(ahead / speed)
+            await rec.send(pcm if conv is None
+                           else conv.process(decode_raw(pcm, "s16le", m.channels)))
+
+    async def _finish(self, rec: Recognizer, conv: Converter | None) -> None:
+        if conv is not None:
+            tail = conv.process(np.zeros((0, self.meta.channels), np.float32), last=True)
+            if tail:
+                await rec.send(tail)
+        await rec.finish()
+
+    def _bad_chunk(self, eid: str, why: str) -> None:
+        """Skip a malformed entry (bad input changes nothing) and say so once per session."""
+        self.bad_chunks += 1
+        if self.bad_chunks == 1 or self.bad_chunks % 100 == 0:
+            log.warning("session %s: skipped malformed audio entry %s (%s); %d so far",
+                        self.sid, eid, why, self.bad_chunks)
+
+    # --- results out --------------------------------------------------------------------
+
+    async def _collect(self, rec: Recognizer, offset: int) -> None:
+        """Write partials and finals as they come, re-based and de-duplicated."""
+        rate = self.meta.rate
+        base = offset / rate
+        own = self.ctx.ownership
+        maxlen = self.ctx.settings.partial_maxlen
+        async for t in rec.results():
+            if base:
+                t = t.shifted(base)
+            ch = t.channel if 0 <= t.channel < self.meta.channels else 0
+            end_frames = round(t.end * rate)
+            self.horizon = max(self.horizon, end_frames)
+            if not t.is_final:
+                self.pending[ch] = True
+                fields = encode_transcript(t)
+                await redis_retry(lambda f=fields: own.write_partial(  # type: ignore[misc]
+                    self.sid, self.epoch, maxlen, f), f"session {self.sid} partial")
+                continue
+            self.pending[ch] = False
+            if end_frames <= self.final_end[ch]:
+                continue  # already written before a replay
+            self.final_end[ch] = end_frames
+            await self._write_final(t, ch, end_frames)
+
+    async def _write_final(self, t: Transcript, ch: int, end_frames: int) -> None:
+        margin = round(HORIZON_MARGIN_S * self.meta.rate)
+        safe = min(
+            self.final_end[c] if self.pending[c] else max(self.final_end[c],
+                                                          self.horizon - margin)
+            for c in range(self.meta.channels)
+        )
+        ckpt = self.checkpoint
+        while self._window and self._window[0][1] <= safe:
+            eid, frames = self._window.popleft()
+            ckpt = Checkpoint(eid, frames, ())
+        seq = self.finals
+        fields = encode_transcript(t)
+        await redis_retry(lambda: self.ctx.ownership.write_final(
+            self.sid, self.epoch, seq, ch, end_frames, ckpt.entry_id, ckpt.frames,
+            max(self.final_end) / self.meta.rate, fields), f"session {self.sid} final")
+        self.finals = seq + 1
+        self.checkpoint = Checkpoint(ckpt.entry_id, ckpt.frames, tuple(self.final_end))

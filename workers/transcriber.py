@@ -1,0 +1,280 @@
+"""The transcriber worker: claims sessions from the control stream up to its capacity, runs
+one SessionRunner task per session, keeps its claims fresh, takes over stale claims of
+dead workers, and drains on SIGTERM by handing its sessions to the others at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from voxq.errors import InvalidInput
+from voxq.keys import TRANSCRIBERS_GROUP, Keys
+from voxq.records import SessionMeta
+from voxq.redis_conn import connect
+from voxq.sessions import ensure_group
+from voxq.settings import Settings
+from workers.audio_reader import AudioReader
+from workers.ownership import Ownership, SessionGone, checkpoint_from_meta
+from workers.session_runner import Context, SessionRunner, redis_retry
+
+log = logging.getLogger(__name__)
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def default_worker_name() -> str:
+    """host-pid: unique per process, readable in XINFO CONSUMERS."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class _Held:
+    runner: SessionRunner
+    task: asyncio.Task[object]
+    control_id: str
+
+
+@dataclass
+class WorkerStats:
+    """Counters a worker exposes (and tests read)."""
+
+    claimed: int = 0
+    taken_over: int = 0
+    finished: int = 0
+    fenced: int = 0
+    handed_off: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+
+
+class Transcriber:
+    """One worker process's session manager."""
+
+    def __init__(self, settings: Settings, redis_url: str, name: str | None = None,
+                 max_sessions: int | None = None):
+        self.settings = settings
+        self.redis_url = redis_url
+        self.name = name or settings.worker_name or default_worker_name()
+        self.max_sessions = max_sessions or settings.max_sessions
+        self.keys = Keys(settings.prefix)
+        self.claim_timeout_ms = int(settings.claim_timeout_seconds * 1000)
+        self.held: dict[str, _Held] = {}
+        self.stats = WorkerStats()
+        self.draining = asyncio.Event()
+        self.ready = False
+        self.heartbeat = time.monotonic()
+        self._capacity = asyncio.Event()
+        self._r: aioredis.Redis | None = None
+        self._r_read: aioredis.Redis | None = None
+
+    # --- main loop ----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Work until ``stop`` is set or SIGTERM/SIGINT; then drain and return."""
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        self._r = connect(self.redis_url)
+        self._r_read = connect(self.redis_url)  # the blocking XREADs get their own socket
+        own = Ownership(self._r, self.keys, self.name)
+        reader = AudioReader(self._r_read)
+        ctx = Context(self._r, self.keys, self.settings, own, reader)
+        await redis_retry(lambda: ensure_group(self._r, self.keys), "consumer group")  # type: ignore[arg-type]
+        self.ready = True
+        log.info("worker %s: up, capacity %d sessions", self.name, self.max_sessions)
+        tasks = [
+            asyncio.create_task(reader.run(), name="audio-reader"),
+            asyncio.create_task(self._claim_loop(ctx), name="claim"),
+            asyncio.create_task(self._takeover_loop(ctx), name="takeover"),
+            asyncio.create_task(self._refresh_loop(ctx), name="refresh"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+        ]
+        try:
+            await stop.wait()
+        finally:
+            self.ready = False
+            self.draining.set()
+            for t in tasks[1:3]:
+                t.cancel()
+            await asyncio.gather(*tasks[1:3], return_exceptions=True)
+            await self._drain(own)
+            for t in (tasks[0], *tasks[3:]):
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._r.aclose()
+            await self._r_read.aclose()
+            log.info("worker %s: stopped", self.name)
+
+    # --- claiming -----------------------------------------------------------------------
+
+    def free(self) -> int:
+        """Sessions this worker can still take."""
+        return self.max_sessions - len(self.held)
+
+    async def _claim_loop(self, ctx: Context) -> None:
+        """Read new control entries (XREADGROUP) while there is capacity."""
+        assert self._r is not None
+        claim_r = connect(self.redis_url)  # XREADGROUP BLOCK holds its socket
+        try:
+            while not self.draining.is_set():
+                if self.free() <= 0:
+                    self._capacity.clear()
+                    await self._capacity.wait()
+                    continue
+                try:
+                    resp = await claim_r.xreadgroup(
+                        TRANSCRIBERS_GROUP, self.name, {self.keys.sessions: ">"},
+                        count=min(self.free(), 50), block=1000)
+                except ResponseError as e:
+                    if "NOGROUP" in str(e):
+                        await ensure_group(self._r, self.keys)
+                        continue
+                    raise
+                except REDIS_DOWN as e:
+                    log.warning("claim: Redis unavailable (%s)", e)
+                    await asyncio.sleep(0.5)
+                    continue
+                for _key, entries in resp or ():
+                    for eid, fields in entries:
+                        await self._start(ctx, _s(eid), fields, takeover=False)
+        finally:
+            await claim_r.aclose()
+
+    async def _takeover_loop(self, ctx: Context) -> None:
+        """Take over control entries idle past the claim timeout (their owner is gone)."""
+        assert self._r is not None
+        interval = max(0.1, self.settings.claim_timeout_seconds / 4)
+        while not self.draining.is_set():
+            await asyncio.sleep(interval)
+            if self.free() <= 0:
+                continue
+            try:
+                start = "0-0"
+                while self.free() > 0:
+                    resp = await self._r.xautoclaim(
+                        self.keys.sessions, TRANSCRIBERS_GROUP, self.name,
+                        min_idle_time=self.claim_timeout_ms, start_id=start,
+                        count=min(self.free(), 50))
+                    start, entries = _s(resp[0]), resp[1]
+                    for eid, fields in entries:
+                        if fields is None:
+                            continue  # deleted entry
+                        await self._start(ctx, _s(eid), fields, takeover=True)
+                    if start == "0-0":
+                        break
+            except ResponseError as e:
+                if "NOGROUP" not in str(e):
+                    raise
+            except REDIS_DOWN as e:
+                log.warning("takeover: Redis unavailable (%s)", e)
+
+    async def _start(self, ctx: Context, control_id: str, fields: dict[bytes, bytes],
+                     takeover: bool) -> None:
+        """Claim the session a control entry names and start its runner."""
+        sid = _s(fields.get(b"sid", b""))
+        if sid in self.held:
+            return
+        try:
+            epoch = await ctx.ownership.claim(sid)
+            h = await self._r.hgetall(self.keys.meta(sid))  # type: ignore[union-attr]
+            meta = SessionMeta.from_hash(h)
+        except (SessionGone, InvalidInput) as e:
+            log.info("control entry %s (%r): nothing to do (%s)", control_id, sid, e)
+            await ctx.ownership.ack(control_id)
+            return
+        runner = SessionRunner(ctx, meta, epoch, control_id,
+                               checkpoint_from_meta(h, meta.channels))
+        task = asyncio.create_task(runner.run(), name=f"session-{sid}")
+        self.held[sid] = _Held(runner, task, control_id)
+        self.stats.claimed += 1
+        if takeover:
+            self.stats.taken_over += 1
+            log.info("session %s: taken over at checkpoint %s (epoch %d)", sid,
+                     runner.checkpoint.entry_id, epoch)
+        task.add_done_callback(lambda t, s=sid: self._done(s, t))
+
+    def _done(self, sid: str, task: asyncio.Task[object]) -> None:
+        held = self.held.pop(sid, None)
+        self._capacity.set()
+        if task.cancelled() or held is None:
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("session %s: runner crashed: %r", sid, exc, exc_info=exc)
+            return
+        status = task.result()
+        if status is None:
+            self.stats.fenced += 1
+        else:
+            self.stats.finished += 1
+            key = str(getattr(status, "value", status))
+            self.stats.statuses[key] = self.stats.statuses.get(key, 0) + 1
+
+    # --- keeping claims -----------------------------------------------------------------
+
+    async def _refresh_loop(self, ctx: Context) -> None:
+        """Every third of the claim timeout: check epochs (fencing) and refresh our claims."""
+        assert self._r is not None
+        interval = self.settings.claim_timeout_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            held = list(self.held.items())
+            if not held:
+                continue
+            try:
+                epochs = await ctx.ownership.epochs([sid for sid, _ in held])
+                mine = []
+                for (sid, h), epoch in zip(held, epochs, strict=True):
+                    if epoch != h.runner.epoch:
+                        log.warning("session %s: epoch moved to %s: fenced", sid, epoch)
+                        h.task.cancel()
+                        self.stats.fenced += 1
+                    else:
+                        mine.append((sid, h))
+                await ctx.ownership.refresh([h.control_id for _, h in mine])
+                now = time.time()
+                if mine:
+                    await self._r.zadd(self.keys.live, {sid: now for sid, _ in mine})
+            except REDIS_DOWN as e:
+                log.warning("refresh: Redis unavailable (%s)", e)
+
+    async def _heartbeat_loop(self) -> None:
+        """Proves the event loop turns (liveness), independent of Redis or vendors."""
+        while True:
+            self.heartbeat = time.monotonic()
+            await asyncio.sleep(1.0)
+
+    # --- draining -----------------------------------------------------------------------
+
+    async def _drain(self, own: Ownership) -> None:
+        """Stop every session and hand its control entry to the other workers at once."""
+        held = list(self.held.values())
+        for h in held:
+            h.task.cancel()
+        await asyncio.gather(*(h.task for h in held), return_exceptions=True)
+        ids = [h.control_id for h in held if h.runner.status is None]
+        if ids:
+            try:
+                await own.handoff(ids, idle_ms=self.claim_timeout_ms * 10)
+                if self._r is not None:
+                    await self._r.zrem(self.keys.live, *[h.runner.sid for h in held])
+                self.stats.handed_off += len(ids)
+                log.info("worker %s: handed off %d session(s)", self.name, len(ids))
+            except REDIS_DOWN as e:
+                log.warning("drain: Redis unavailable (%s); claims will go stale instead", e)
+
+
+def _s(v: object) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

@@ -1,0 +1,1 @@
+"""The offline `local` engine: pocketsphinx for recognition (espeak-ng for speech)."""
