@@ -16,7 +16,7 @@ from voxq.settings import get_settings
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _register_builtin(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _register_builtin(sub: argparse._SubParsersAction) -> None:
     from voxq import demo, redis_cmd
 
     redis_cmd.register(sub)
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _unavailable(sub: argparse._SubParsersAction, name: str, why: str) -> None:  # type: ignore[type-arg]
+def _unavailable(sub: argparse._SubParsersAction, name: str, why: str) -> None:
     def fail(_: argparse.Namespace) -> int:
         raise VoxqError(f"this command cannot load ({why}); reinstall with `pip install -e .`")
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -59,7 +60,7 @@ def _wait_ready(api: str, procs: list[subprocess.Popen[bytes]], timeout: float =
     while time.monotonic() < deadline:
         for p in procs:
             if p.poll() is not None:
-                raise VoxqError(f"`{' '.join(map(str, p.args[3:]))}` exited with {p.returncode}")
+                raise VoxqError(f"a demo process exited with {p.returncode}: {p.args!r}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{api}/readyz", timeout=1).status_code == 200:
                 return
@@ -67,7 +68,7 @@ def _wait_ready(api: str, procs: list[subprocess.Popen[bytes]], timeout: float =
     raise VoxqError("the API did not become ready in time")
 
 
-def _events(api: str, sid: str, headers: dict[str, str]) -> Iterator[tuple[str, dict]]:  # type: ignore[type-arg]
+def _events(api: str, sid: str, headers: dict[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(event, data) pairs of the session's SSE stream; waits for the session to exist."""
     url = f"{api}/v1/sessions/{sid}/events"
     last_id: str | None = None
@@ -171,7 +172,7 @@ def _follow(console: Console, api: str, sid: str, headers: dict[str, str]) -> st
     return status
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     """Add `voxq demo`."""
     p = sub.add_parser("demo", help="run Redis, a worker and the API, and transcribe a file live")
     p.add_argument("file", nargs="?", help="audio file (default: the bundled speech sample)")

@@ -37,7 +37,7 @@ class Status(StrEnum):
 
 
 def _s(v: object) -> str:
-    return v.decode() if isinstance(v, bytes | bytearray | memoryview) else str(v)
+    return bytes(v).decode() if isinstance(v, bytes | bytearray | memoryview) else str(v)
 
 
 def _field(m: Mapping[Any, Any], name: str) -> Any:

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     """Add `voxq redis`."""
     p = sub.add_parser("redis", help="run an embedded redis-server and print its REDIS_URL")
     p.add_argument("--port", type=int, default=0, help="TCP port (default: a free one)")

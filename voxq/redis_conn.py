@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -14,19 +15,19 @@ from voxq.errors import RedisUnavailable
 from voxq.settings import Settings
 
 
-def connect(url: str, **kw: object) -> aioredis.Redis:
+def connect(url: str, **kw: Any) -> aioredis.Redis:
     """An asyncio Redis client (bytes in, bytes out: audio is binary)."""
     return aioredis.Redis.from_url(
         url, decode_responses=False, socket_keepalive=True, health_check_interval=15,
-        socket_connect_timeout=5, **kw,  # type: ignore[arg-type]
+        socket_connect_timeout=5, **kw,
     )
 
 
-def connect_sync(url: str, **kw: object) -> redis.Redis:
+def connect_sync(url: str, **kw: Any) -> redis.Redis:
     """A blocking Redis client, for the sync Publisher and RQ."""
     return redis.Redis.from_url(
         url, decode_responses=False, socket_keepalive=True, health_check_interval=15,
-        socket_connect_timeout=5, **kw,  # type: ignore[arg-type]
+        socket_connect_timeout=5, **kw,
     )
 
 

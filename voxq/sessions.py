@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -69,7 +70,7 @@ async def list_sessions(r: aioredis.Redis, keys: Keys, offset: int = 0,
                         limit: int = 50) -> Page:
     """Sessions newest first; ids whose meta has expired are left out of the page."""
     total = await r.zcard(keys.index)
-    ids = await r.zrevrange(keys.index, offset, offset + limit - 1)
+    ids: Any = await r.zrevrange(keys.index, offset, offset + limit - 1)
     metas: list[SessionMeta] = []
     if ids:
         async with r.pipeline(transaction=False) as p:
@@ -87,7 +88,7 @@ async def read_finals(r: aioredis.Redis, keys: Keys, sid: str,
     start = "-"
     key = keys.final(sid)
     while True:
-        entries = await r.xrange(key, min=start, max="+", count=batch)
+        entries: Any = await r.xrange(key, min=start, max="+", count=batch)
         for eid, fields in entries:
             sid_s = eid.decode() if isinstance(eid, bytes) else eid
             out.append((sid_s, decode_transcript(fields)))

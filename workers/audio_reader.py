@@ -95,7 +95,7 @@ class AudioReader:
                     pass
                 continue
             try:
-                resp = await self.r.xread(streams, count=self.count, block=self.block_ms)
+                resp: Any = await self.r.xread(streams, count=self.count, block=self.block_ms)
                 backoff = 0.05
             except (RedisConnectionError, RedisTimeoutError, OSError) as e:
                 self.errors += 1

@@ -19,7 +19,7 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_worker(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register_worker(sub: argparse._SubParsersAction) -> None:
     """Add `voxq worker`."""
     p = sub.add_parser("worker", help="run a transcriber worker (claims and drives sessions)")
     p.add_argument("--max-sessions", type=int, default=None,

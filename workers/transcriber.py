@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -91,7 +93,8 @@ class Transcriber:
         own = Ownership(self._r, self.keys, self.name)
         reader = AudioReader(self._r_read)
         ctx = Context(self._r, self.keys, self.settings, own, reader)
-        await redis_retry(lambda: ensure_group(self._r, self.keys), "consumer group")  # type: ignore[arg-type]
+        r = self._r
+        await redis_retry(lambda: ensure_group(r, self.keys), "consumer group")
         self.ready = True
         log.info("worker %s: up, capacity %d sessions", self.name, self.max_sessions)
         tasks = [
@@ -134,7 +137,7 @@ class Transcriber:
                     await self._capacity.wait()
                     continue
                 try:
-                    resp = await claim_r.xreadgroup(
+                    resp: Any = await claim_r.xreadgroup(
                         TRANSCRIBERS_GROUP, self.name, {self.keys.sessions: ">"},
                         count=min(self.free(), 50), block=1000)
                 except ResponseError as e:
@@ -163,11 +166,11 @@ class Transcriber:
             try:
                 start = "0-0"
                 while self.free() > 0:
-                    resp = await self._r.xautoclaim(
+                    claimed: Any = await self._r.xautoclaim(
                         self.keys.sessions, TRANSCRIBERS_GROUP, self.name,
                         min_idle_time=self.claim_timeout_ms, start_id=start,
                         count=min(self.free(), 50))
-                    start, entries = _s(resp[0]), resp[1]
+                    start, entries = _s(claimed[0]), claimed[1]
                     for eid, fields in entries:
                         if fields is None:
                             continue  # deleted entry
@@ -188,7 +191,7 @@ class Transcriber:
             return
         try:
             epoch = await ctx.ownership.claim(sid)
-            h = await self._r.hgetall(self.keys.meta(sid))  # type: ignore[union-attr]
+            h: Any = await self._r.hgetall(self.keys.meta(sid))  # type: ignore[union-attr]
             meta = SessionMeta.from_hash(h)
         except (SessionGone, InvalidInput) as e:
             log.info("control entry %s (%r): nothing to do (%s)", control_id, sid, e)
@@ -203,7 +206,7 @@ class Transcriber:
             self.stats.taken_over += 1
             log.info("session %s: taken over at checkpoint %s (epoch %d)", sid,
                      runner.checkpoint.entry_id, epoch)
-        task.add_done_callback(lambda t, s=sid: self._done(s, t))
+        task.add_done_callback(functools.partial(self._done, sid))
 
     def _done(self, sid: str, task: asyncio.Task[object]) -> None:
         held = self.held.pop(sid, None)

@@ -208,7 +208,7 @@ class LocalRecognizer(Recognizer):
             await self._run(dec.flush)
         self._queue.put_nowait(None)
 
-    async def results(self) -> AsyncIterator[Transcript]:  # type: ignore[override]
+    async def results(self) -> AsyncIterator[Transcript]:
         """Partials and finals in the order they were decoded."""
         while True:
             item = await self._queue.get()
