@@ -460,6 +460,26 @@ def test_one_byte_at_a_time() -> None:
     decoder.close()
 
 
+def test_byte_at_a_time_does_not_reparse_the_prelude(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Byte-by-byte feeding stays linear: the prelude is parsed once, not once per byte."""
+    calls = 0
+    real = es._check_prelude
+
+    def counting(*args: object) -> tuple[int, int, int]:
+        nonlocal calls
+        calls += 1
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(es, "_check_prelude", counting)
+    frame = audio_event(bytes(5000))
+    decoder = Decoder()
+    out: list[Message] = []
+    for i in range(len(frame)):
+        out += decoder.feed(frame[i : i + 1])
+    assert [m.payload for m in out] == [bytes(5000)]
+    assert calls <= 2
+
+
 def test_split_at_every_position() -> None:
     data, expected = sample_stream()
     for cut in range(len(data) + 1):

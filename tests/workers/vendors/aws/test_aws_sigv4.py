@@ -164,6 +164,9 @@ def test_shorter_expiry_signed() -> None:
         {"host": "user@host"},
         {"scheme": "https"},
         {"path": "/p?x=1"},
+        {"path": "/a b"},
+        {"path": "/a/../b"},
+        {"path": "relative"},
         {"access_key": ""},
         {"access_key": "AK/IA"},
         {"secret_key": ""},
@@ -188,6 +191,8 @@ def test_sign_headers_errors_do_not_leak_secrets() -> None:
         {"headers": {"A": "1", "a": "2"}},
         {"url": "https://polly.us-east-1.amazonaws.com/?a=%ff"},
         {"service": "polly/x"},
+        {"url": "https://polly.us-east-1.amazonaws.com:99999/"},
+        {"url": "https:///v1/speech"},
     ]
     for case in cases:
         args: dict[str, object] = {
