@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     aws_transcribe_endpoint: str | None = Field(
         default=None, description="Override wss://host:port of Transcribe streaming.")
 
+    # voxq-ws (self-hosted recognizers speaking voxq's own protocol)
+    voxqws_url: str | None = Field(
+        default=None, validation_alias=_env("VOXQ_WS_URL"),
+        description="ws(s):// URL of a voxq-ws recognition server.")
+    voxqws_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("VOXQ_WS_KEY"),
+        description="Bearer key sent to the voxq-ws server.")
+
     log_level: str = Field(default="INFO", description="Python logging level.")
 
 

@@ -162,7 +162,7 @@ class SessionRunner:
         frame_bytes = 2 * m.channels
         conv = (None if rec.input_rate == m.rate
                 else Converter(m.rate, rec.input_rate, m.channels))
-        speed = rec.max_replay_speed
+        speed, burst = rec.max_replay_speed, rec.replay_burst_seconds
         t0 = time.monotonic()
         sent = 0
         idle = self.ctx.settings.idle_timeout_seconds
@@ -191,7 +191,7 @@ class SessionRunner:
                 continue
             sent += len(pcm) // frame_bytes
             self._window.append((eid, offset + sent))
-            ahead = sent / m.rate - ((time.monotonic() - t0) * speed + 2.0)
+            ahead = sent / m.rate - ((time.monotonic() - t0) * speed + burst)
             if ahead > 0:
                 await asyncio.sleep(ahead / speed)
             await rec.send(pcm if conv is None
@@ -254,4 +254,5 @@ class SessionRunner:
             self.sid, self.epoch, seq, ch, end_frames, ckpt.entry_id, ckpt.frames,
             max(self.final_end) / self.meta.rate, fields), f"session {self.sid} final")
         self.finals = seq + 1
+        self.attempts = 0  # progress: a later failure starts its backoff afresh
         self.checkpoint = Checkpoint(ckpt.entry_id, ckpt.frames, tuple(self.final_end))

@@ -111,8 +111,10 @@ class Recognizer(abc.ABC):
 
     name: ClassVar[str]
     options_model: ClassVar[type[BaseModel]] = NoOptions
-    #: fastest replay the vendor tolerates, as a multiple of real time
+    #: fastest replay the vendor tolerates, as a multiple of real time, after a burst of
+    #: ``replay_burst_seconds`` of audio sent at once
     max_replay_speed: ClassVar[float] = 4.0
+    replay_burst_seconds: ClassVar[float] = 1.0
 
     def __init__(self, config: RecognizerConfig, settings: Settings):
         self.config = config

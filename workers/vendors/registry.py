@@ -10,11 +10,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from voxq.errors import InvalidInput
-from workers.vendors.base import Recognizer, RecognizerConfig, Synthesizer
 from voxq.settings import Settings
+from workers.vendors.base import Recognizer, RecognizerConfig, Synthesizer
 
 RECOGNIZERS: dict[str, str] = {
     "local": "workers.vendors.local.recognizer:LocalRecognizer",
+    "aws": "workers.vendors.aws.transcribe:AwsTranscribeRecognizer",
+    "voxq-ws": "workers.vendors.voxqws.recognizer:VoxqWsRecognizer",
 }
 
 SYNTHESIZERS: dict[str, str] = {}

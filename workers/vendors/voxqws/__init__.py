@@ -1,0 +1,1 @@
+"""`voxq-ws`: voxq's own small streaming protocol, for self-hosted recognizers."""
