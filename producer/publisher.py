@@ -1,0 +1,536 @@
+"""Publish one session's audio to its Redis stream: validate, create, chunk, buffer, pipeline.
+
+`Publisher` is the asyncio implementation; `SyncPublisher` drives one from a private
+event-loop thread for recorders that are not asyncio.
+
+Delivery contract (DESIGN.md invariant 1, "nothing acknowledged is lost"):
+
+* ``send`` cuts PCM into ``chunk_ms`` chunks and queues them in a bounded buffer
+  (``producer_buffer_chunks``); when the buffer is full ``send`` waits (backpressure).
+* One background flush task writes whatever is queued as one pipeline of XADDs (no MULTI,
+  so it stays cluster-safe; every key of a session shares one slot anyway).
+* A chunk leaves the buffer, and ``acked_seq`` moves past it, only once its XADD returned an
+  entry id, or once it was found in the stream after a failure.
+* On a Redis failure the chunks stay buffered and the batch is retried with exponential
+  backoff. A failure may be *uncertain* (the XADDs may have been applied before the reply was
+  lost), so before resending the task reads the last ``seq`` in the stream (XREVRANGE COUNT 1)
+  and drops what is already there: a resend never duplicates a chunk.
+* The Redis client is built with redis-py's own retries turned off: redis-py replays a whole
+  pipeline after a connection error, which would duplicate chunks the server had applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from voxq.audio import Chunker, chunk_bytes_for
+from voxq.errors import InvalidAudio, InvalidInput, RedisUnavailable, VoxqError
+from voxq.keys import Keys
+from voxq.records import SessionMeta, decode_chunk, encode_chunk, encode_eos
+from voxq.redis_conn import check_reachable, connect, redact_url
+from voxq.sessions import create_session
+from voxq.settings import Settings, get_settings
+
+log = logging.getLogger("voxq.producer")
+
+T = TypeVar("T")
+
+#: error replies that say "not now" (the command was not applied): retry them
+_TRANSIENT_REPLIES = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
+                      "NOREPLICAS", "BUSY")
+
+
+def session_meta(session_id: str, vendor: str = "local", language: str = "en-US",
+                 rate: int = 16000, channels: int = 1, chunk_ms: int = 100,
+                 options: Mapping[str, Any] | None = None) -> SessionMeta:
+    """Validate a new session's format, vendor and options without touching Redis."""
+    meta = SessionMeta(session_id=session_id, vendor=vendor, language=language, rate=rate,
+                       channels=channels, chunk_ms=chunk_ms, options=dict(options or {}))
+    validate_vendor(meta)
+    return meta
+
+
+def validate_vendor(meta: SessionMeta) -> None:
+    """Check vendor name and options with the vendor registry, so mistakes fail at the producer."""
+    try:
+        from workers.vendors.registry import validate_session
+
+        validate_session(meta.vendor, meta.language, meta.rate, meta.channels, meta.options)
+    except ImportError as e:
+        raise InvalidInput(f"vendor {meta.vendor!r} is not available here: {e}") from e
+
+
+def _is_uncertain(e: BaseException) -> bool:
+    """True if a failure may have happened after Redis applied the commands."""
+    return isinstance(e, rexc.ConnectionError | rexc.TimeoutError | OSError | TimeoutError)
+
+
+def _is_transient(e: BaseException) -> bool:
+    """True if retrying the same write later can succeed."""
+    if _is_uncertain(e):
+        return True
+    return isinstance(e, rexc.ResponseError) and str(e).upper().startswith(_TRANSIENT_REPLIES)
+
+
+@dataclass(slots=True)
+class PublisherStats:
+    """Counters of one publisher; everything but ``queued`` counts acknowledged writes only."""
+
+    chunks: int = 0            # audio chunks acknowledged (eos not counted)
+    bytes: int = 0             # PCM bytes in acknowledged chunks
+    acked_seq: int = -1        # highest acknowledged seq (the eos seq once closed)
+    queued: int = 0            # chunks handed to the buffer (eos included)
+    pipelines: int = 0         # pipelines that Redis answered
+    failures: int = 0          # failed write attempts
+    resyncs: int = 0           # XREVRANGE checks after an uncertain failure
+    skipped: int = 0           # chunks found already written on resync (not resent)
+    send_waits: int = 0        # times send() had to wait for buffer space
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    seq: int
+    fields: Mapping[str, bytes | str]
+    nbytes: int
+
+
+class PublishFailed(RedisUnavailable):
+    """The publisher gave up writing to Redis (retry time exhausted or a permanent error)."""
+
+
+class Publisher:
+    """Async publisher of one session: ``open``, ``send`` any amount of PCM, ``close``."""
+
+    def __init__(self, url: str, *, settings: Settings | None = None, keys: Keys | None = None,
+                 buffer_chunks: int | None = None, retry_timeout: float | None = 60.0,
+                 socket_timeout: float = 10.0, backoff_min: float = 0.05,
+                 backoff_max: float = 2.0) -> None:
+        self.settings = settings or get_settings()
+        self.url = url
+        self.keys = keys or Keys(self.settings.prefix)
+        self.capacity = buffer_chunks or self.settings.producer_buffer_chunks
+        if self.capacity < 1:
+            raise InvalidInput("buffer_chunks must be at least 1")
+        self.retry_timeout = retry_timeout
+        self.socket_timeout = socket_timeout
+        self.backoff_min, self.backoff_max = backoff_min, backoff_max
+        self.stats = PublisherStats()
+        self.meta: SessionMeta | None = None
+        self._r: aioredis.Redis | None = None
+        self._audio_key = ""
+        self._chunker: Chunker | None = None
+        self._frame = 2
+        self._max_bytes = 0
+        self._sent_bytes = 0
+        self._next_seq = 0
+        self._pending: deque[_Item] = deque()
+        self._cond = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._aborted = False
+        self._closed = False
+        self._error: BaseException | None = None
+
+    # --- public API ------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        """The open session's id."""
+        return self._require_open().session_id
+
+    @property
+    def acked_seq(self) -> int:
+        """Highest seq whose XADD Redis acknowledged (-1 before the first)."""
+        return self.stats.acked_seq
+
+    @property
+    def buffered(self) -> int:
+        """Chunks queued or in flight, not yet acknowledged."""
+        return len(self._pending)
+
+    @property
+    def chunk_bytes(self) -> int:
+        """Bytes of one full chunk of the open session."""
+        m = self._require_open()
+        return chunk_bytes_for(m.rate, m.channels, m.chunk_ms)
+
+    @property
+    def closed(self) -> bool:
+        """True after close() or abort()."""
+        return self._closed
+
+    async def open(self, session_id: str, vendor: str = "local", language: str = "en-US",
+                   rate: int = 16000, channels: int = 1, chunk_ms: int | None = None,
+                   options: Mapping[str, Any] | None = None) -> SessionMeta:
+        """Validate, then create the session in Redis and start the flush task."""
+        if self.meta is not None or self._closed:
+            raise InvalidInput("this publisher has already been opened")
+        meta = session_meta(session_id, vendor, language, rate, channels,
+                            chunk_ms or self.settings.default_chunk_ms, options)
+        r = connect(self.url, retry=Retry(NoBackoff(), 0), socket_timeout=self.socket_timeout)
+        try:
+            await check_reachable(r, self.url)
+            meta = await create_session(r, self.keys, meta)
+        except RedisUnavailable:
+            await r.aclose()
+            raise
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as e:
+            await r.aclose()
+            raise RedisUnavailable(f"cannot reach Redis at {redact_url(self.url)}: {e}") from e
+        except BaseException:
+            await r.aclose()
+            raise
+        self._r, self.meta = r, meta
+        self._audio_key = self.keys.audio(meta.session_id)
+        self._chunker = Chunker(chunk_bytes_for(meta.rate, meta.channels, meta.chunk_ms))
+        self._frame = 2 * meta.channels
+        self._max_bytes = self.settings.max_session_seconds * meta.bytes_per_second
+        self._task = asyncio.create_task(self._flush_loop(), name=f"voxq-publish-{session_id}")
+        return meta
+
+    async def send(self, pcm: bytes | bytearray | memoryview) -> None:
+        """Queue s16le PCM (whole frames, any length); waits while the buffer is full.
+
+        Returning means queued, not written: ``acked_seq``/``flush()`` tell what Redis has.
+        A send cancelled while waiting may have queued part of its data.
+        """
+        self._check_writable()
+        if not isinstance(pcm, bytes | bytearray | memoryview):
+            raise InvalidAudio(f"send() takes PCM bytes, not {type(pcm).__name__}")
+        view = memoryview(pcm).cast("B")
+        if len(view) % self._frame:
+            raise InvalidAudio(
+                f"{len(view)} bytes is not a whole number of s16le frames of "
+                f"{self._frame // 2} channel(s)")
+        if self._sent_bytes + len(view) > self._max_bytes:
+            raise InvalidInput(
+                f"session would exceed the {self.settings.max_session_seconds} s maximum")
+        self._sent_bytes += len(view)
+        assert self._chunker is not None
+        step = self._chunker.chunk_size
+        # feed at most one chunk at a time so the chunker never holds more than two chunks;
+        # drain feed() completely before awaiting, so a cancelled send leaves it consistent
+        for off in range(0, len(view), step):
+            for chunk in list(self._chunker.feed(view[off:off + step])):  # type: ignore[arg-type]
+                await self._put(encode_chunk(self._next_seq, chunk), len(chunk))
+
+    async def flush(self) -> None:
+        """Wait until every queued chunk is acknowledged; raises if publishing failed."""
+        async with self._cond:
+            while self._pending and self._error is None:
+                await self._cond.wait()
+        self._raise_if_failed()
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Send the short last chunk and eos, wait for all of it to be acknowledged, disconnect.
+
+        If it cannot finish within ``timeout`` seconds the publisher aborts and raises.
+        """
+        if self._closed:
+            return
+        self._check_writable()
+        assert self._chunker is not None
+        try:
+            for chunk in self._chunker.flush():
+                await self._put(encode_chunk(self._next_seq, chunk), len(chunk))
+            await self._put(encode_eos(self._next_seq), 0)
+            async with self._cond:
+                self._stopping = True
+                self._cond.notify_all()
+            assert self._task is not None
+            # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            done, _ = await asyncio.wait({self._task}, timeout=timeout)
+        except BaseException:
+            await self.abort()
+            raise
+        if not done:
+            unwritten = len(self._pending)
+            await self.abort()
+            raise PublishFailed(f"could not finish session {self.session_id!r} within "
+                                f"{timeout} s; aborted with {unwritten} chunk(s) unwritten")
+        self._closed = True
+        await self._disconnect()
+        self._raise_if_failed()
+
+    async def abort(self) -> None:
+        """Stop without eos: drop unwritten chunks and disconnect (workers time it out)."""
+        self._closed = self._aborted = True
+        task = self._task
+        if task is not None and not task.done():
+            async with self._cond:
+                self._cond.notify_all()
+            # redis-py awaits asyncio.wait_for, which on Python 3.11 can swallow a
+            # cancellation (cpython gh-86296): cancel until the task has really ended
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
+        async with self._cond:
+            self._pending.clear()
+            self._cond.notify_all()
+        await self._disconnect()
+
+    async def __aenter__(self) -> Publisher:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self.meta is None or self._closed:
+            return
+        if et is None:
+            await self.close()
+        else:
+            await self.abort()
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _require_open(self) -> SessionMeta:
+        if self.meta is None:
+            raise InvalidInput("the publisher is not open: call open() first")
+        return self.meta
+
+    def _check_writable(self) -> None:
+        self._require_open()
+        if self._closed or self._stopping:
+            raise InvalidInput(f"session {self.session_id!r} is closed: nothing more can be sent")
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            if isinstance(self._error, VoxqError):
+                raise self._error
+            raise PublishFailed(str(self._error)) from self._error
+
+    async def _put(self, fields: Mapping[str, bytes | str], nbytes: int) -> None:
+        """Append one entry to the bounded buffer, waiting for space (backpressure)."""
+        async with self._cond:
+            if len(self._pending) >= self.capacity and self._error is None:
+                self.stats.send_waits += 1
+                while (len(self._pending) >= self.capacity and self._error is None
+                       and not self._aborted):
+                    await self._cond.wait()
+            if self._aborted:
+                raise InvalidInput(f"session {self.session_id!r} was aborted")
+            self._raise_if_failed()
+            self._pending.append(_Item(self._next_seq, fields, nbytes))
+            self._next_seq += 1
+            self.stats.queued += 1
+            self._cond.notify_all()
+
+    async def _ack(self, n: int) -> None:
+        """Drop the first ``n`` buffered items: Redis has them."""
+        if n <= 0:
+            return
+        async with self._cond:
+            for _ in range(n):
+                item = self._pending.popleft()
+                self.stats.acked_seq = item.seq
+                if "pcm" in item.fields:
+                    self.stats.chunks += 1
+                    self.stats.bytes += item.nbytes
+            self._cond.notify_all()
+
+    async def _fail(self, e: BaseException) -> None:
+        async with self._cond:
+            self._error = e
+            self._cond.notify_all()
+
+    async def _flush_loop(self) -> None:
+        """Write everything queued as one pipeline; retry with backoff, resync when uncertain."""
+        backoff = self.backoff_min
+        failing_since: float | None = None
+        uncertain = False
+        while not self._aborted:
+            async with self._cond:
+                while not self._pending and not self._stopping and not self._aborted:
+                    await self._cond.wait()
+                if not self._pending or self._aborted:
+                    return
+            try:
+                if uncertain:
+                    await self._resync()
+                    uncertain = False
+                    if not self._pending:
+                        continue
+                await self._write(list(self._pending))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.stats.failures += 1
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if not _is_transient(e):
+                    await self._fail(PublishFailed(f"Redis refused audio for session "
+                                                   f"{self.session_id!r}: {e}"))
+                    return
+                if self.retry_timeout is not None and now - failing_since > self.retry_timeout:
+                    await self._fail(PublishFailed(
+                        f"cannot write to Redis at {redact_url(self.url)} for "
+                        f"{now - failing_since:.0f} s ({e}); {len(self._pending)} chunk(s) "
+                        f"of session {self.session_id!r} unwritten"))
+                    return
+                uncertain = True
+                log.warning("publish to %s failed (%s); retrying in %.2f s",
+                            redact_url(self.url), e, backoff)
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, self.backoff_max)
+                continue
+            failing_since, backoff = None, self.backoff_min
+
+    async def _write(self, batch: list[_Item]) -> None:
+        """One pipeline of XADDs; acknowledge the answered prefix, raise the first error."""
+        assert self._r is not None
+        async with self._r.pipeline(transaction=False) as p:
+            for item in batch:
+                p.xadd(self._audio_key, dict(item.fields))  # type: ignore[arg-type]
+            results = await p.execute(raise_on_error=False)
+        self.stats.pipelines += 1
+        ok = 0
+        while ok < len(results) and not isinstance(results[ok], BaseException):
+            ok += 1
+        await self._ack(ok)
+        if ok < len(results):
+            later = [x for x in results[ok:] if not isinstance(x, BaseException)]
+            if later:
+                # cannot happen with the error replies Redis gives XADD (they reject every
+                # write alike), but if it did the stream would be out of order: stop loudly
+                raise rexc.ResponseError(
+                    f"chunk {batch[ok].seq} was refused while later chunks were written; "
+                    f"the stream is out of order: {results[ok]}")
+            raise results[ok]
+
+    async def _resync(self) -> None:
+        """After an uncertain failure, drop buffered chunks the stream already holds."""
+        assert self._r is not None
+        self.stats.resyncs += 1
+        entries = await self._r.xrevrange(self._audio_key, "+", "-", count=1)
+        last = decode_chunk(entries[0][1] or {}).seq if entries else -1
+        if last < self.stats.acked_seq:
+            log.error("stream %s ends at seq %d but seq %d was acknowledged: Redis lost "
+                      "acknowledged writes (persistence off?)", self._audio_key, last,
+                      self.stats.acked_seq)
+        n = 0
+        for item in self._pending:
+            if item.seq > last:
+                break
+            n += 1
+        if n:
+            self.stats.skipped += n
+            log.info("resync: %d chunk(s) up to seq %d were already written", n, last)
+            await self._ack(n)
+
+    async def _disconnect(self) -> None:
+        if self._r is not None:
+            r, self._r = self._r, None
+            with contextlib.suppress(Exception):
+                await r.aclose()
+
+
+class SyncPublisher:
+    """Blocking publisher for recorders that are not asyncio.
+
+    Design: a thin wrapper that runs an async `Publisher` on a private event loop in a daemon
+    thread and waits for each call's result. There is one implementation of buffering, retry
+    and resync, so both flavours keep the same delivery guarantees; ``send`` blocks the calling
+    thread exactly while the async one would wait for buffer space.
+    """
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="voxq-sync-publisher")
+        self._thread.start()
+        self._pub: Publisher = self._call(self._make(url, kwargs))
+
+    @staticmethod
+    async def _make(url: str, kwargs: dict[str, Any]) -> Publisher:
+        return Publisher(url, **kwargs)
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if self._loop.is_closed():
+            coro.close()
+            raise InvalidInput("this publisher is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    @property
+    def stats(self) -> PublisherStats:
+        """Counters of the underlying publisher."""
+        return self._pub.stats
+
+    @property
+    def acked_seq(self) -> int:
+        """Highest seq whose XADD Redis acknowledged."""
+        return self._pub.acked_seq
+
+    @property
+    def meta(self) -> SessionMeta | None:
+        """The open session's meta."""
+        return self._pub.meta
+
+    def open(self, session_id: str, vendor: str = "local", language: str = "en-US",
+             rate: int = 16000, channels: int = 1, chunk_ms: int | None = None,
+             options: Mapping[str, Any] | None = None) -> SessionMeta:
+        """Validate and create the session (see Publisher.open)."""
+        try:
+            return self._call(self._pub.open(session_id, vendor, language, rate, channels,
+                                             chunk_ms, options))
+        except BaseException:
+            self._shutdown()
+            raise
+
+    def send(self, pcm: bytes | bytearray | memoryview) -> None:
+        """Queue PCM; blocks while the buffer is full."""
+        self._call(self._pub.send(pcm))
+
+    def flush(self) -> None:
+        """Block until every queued chunk is acknowledged."""
+        self._call(self._pub.flush())
+
+    def close(self, timeout: float | None = None) -> None:
+        """Write the remainder and eos, wait for acknowledgement, stop the loop thread."""
+        try:
+            if not self._loop.is_closed():
+                self._call(self._pub.close(timeout))
+        finally:
+            self._shutdown()
+
+    def abort(self) -> None:
+        """Stop without eos and stop the loop thread."""
+        try:
+            if not self._loop.is_closed():
+                self._call(self._pub.abort())
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> SyncPublisher:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._loop.is_closed():
+            return
+        if et is None and self._pub.meta is not None:
+            self.close()
+        else:
+            self.abort()
