@@ -1,0 +1,105 @@
+"""`voxq api`: serve the HTTP API with uvicorn (embedded Redis when REDIS_URL is unset)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+import uvicorn
+
+from api.app import create_app
+from voxq.redis_conn import redis_url
+from voxq.settings import get_settings
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `api` subcommand to the `voxq` parser."""
+    settings = get_settings()
+    p = sub.add_parser("api", help="serve the HTTP API (sessions, transcripts, live events)",
+                       description="Serve voxq's HTTP API; OpenAPI docs at /docs.")
+    p.add_argument("--host", default=None,
+                   help=f"address to bind (default VOXQ_API_HOST, {settings.api_host})")
+    p.add_argument("--port", type=port_number, default=None,
+                   help=f"port to bind, 0 = any free one (default VOXQ_API_PORT, "
+                        f"{settings.api_port})")
+    p.set_defaults(func=run)
+
+
+def port_number(text: str) -> int:
+    """argparse type: an integer 0-65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is outside 0-65535")
+    return value
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (bound here so port 0 resolves before we print)."""
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(addr)
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    """The http:// URL a bound socket serves."""
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+class _Stop(Exception):
+    """Raised by the signal handler below to unwind after uvicorn's graceful shutdown."""
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Let SIGINT/SIGTERM end the block normally (exit 0) so cleanup such as stopping the
+    embedded Redis always runs: uvicorn re-raises the signal after its graceful shutdown, and
+    SIGTERM's default action would otherwise kill the process before any `finally`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except _Stop:
+        pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until interrupted; prints the URL once listening."""
+    settings = get_settings()
+    host = args.host or settings.api_host
+    port = settings.api_port if args.port is None else args.port
+    with stop_on_signals(), redis_url(settings) as url:
+        sock = bind(host, port)
+        app = create_app(settings, url)
+        config = uvicorn.Config(app, log_level=settings.log_level.lower(), access_log=False,
+                                proxy_headers=False, timeout_graceful_shutdown=5)
+        print(f"voxq api: listening on {url_of(sock)} (docs at {url_of(sock)}/docs)",
+              flush=True)
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            sock.close()
+    return 0

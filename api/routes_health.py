@@ -1,0 +1,39 @@
+"""Health probes: /healthz (process alive, never touches Redis) and /readyz (Redis answers)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from api.models import ErrorOut, HealthOut
+from api.state import ApiState, api_state
+
+router = APIRouter()
+
+
+@router.get("/healthz", response_model=HealthOut, summary="Liveness")
+async def healthz() -> HealthOut:
+    """200 while the process serves requests; no dependency is consulted."""
+    return HealthOut(status="ok")
+
+
+@router.get("/readyz", response_model=HealthOut, summary="Readiness",
+            responses={503: {"model": ErrorOut, "description": "Redis is not reachable."}})
+async def readyz(state: Annotated[ApiState, Depends(api_state)]) -> HealthOut | JSONResponse:
+    """200 if Redis answers PING within the deadline, else 503 with the reason."""
+    limit = state.options.ready_timeout_seconds
+    if state.redis is None:
+        return JSONResponse({"detail": "not started"}, status_code=503)
+    try:
+        async with asyncio.timeout(limit):
+            await state.redis.ping()
+    except TimeoutError:
+        return JSONResponse({"detail": f"Redis did not answer PING within {limit:g} s"},
+                            status_code=503)
+    except Exception as e:  # any failure to reach Redis means "not ready", never a crash
+        return JSONResponse({"detail": f"Redis unreachable: {type(e).__name__}"},
+                            status_code=503)
+    return HealthOut(status="ready")
