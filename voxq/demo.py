@@ -154,10 +154,13 @@ def _follow(console: Console, api: str, sid: str, headers: dict[str, str]) -> st
     """Print partials on one live line and finals as they become durable; return the status."""
     partial = Text("")
     status = "unknown"
+    channels: int | None = None
     with Live(partial, console=console, refresh_per_second=12, transient=True) as live:
         for event, data in _events(api, sid, headers):
-            who = SPEAKERS.get(int(data.get("channel", 0)), "") if data.get("channels") == 2 \
-                else ""
+            if channels is None:
+                info = httpx.get(f"{api}/v1/sessions/{sid}", headers=headers, timeout=5)
+                channels = int(info.json().get("channels", 1)) if info.is_success else 1
+            who = SPEAKERS.get(int(data.get("channel", 0)), "") if channels == 2 else ""
             if event == "partial":
                 live.update(Text(f"  … {data.get('text', '')}", style="dim"))
             elif event == "final":
