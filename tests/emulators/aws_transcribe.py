@@ -49,8 +49,9 @@ stabilization items carry ``Stable``. Audio events that produce no result are an
 
 Fault knobs: ``emulator.faults`` is a queue of :class:`Fault`, one taken per new connection (the
 n-th connection gets the n-th fault; connections beyond the queue get none): reject the handshake
-with an HTTP status, answer an exception type after N audio events, or drop the TCP connection
-without a close frame after N audio events. ``config.result_delay`` delays every result.
+with an HTTP status, answer an exception type after N audio events, drop the TCP connection
+without a close frame after N audio events, or hang (answer nothing, never close) after N audio
+events. ``config.result_delay`` delays every result by that many seconds.
 Every connection is recorded in ``emulator.streams`` (parameters, the exact audio received,
 results sent, the exception sent) so tests can assert on what crossed the wire.
 """
@@ -367,6 +368,7 @@ def validate_params(params: Mapping[str, str], languages: frozenset[str],
 
 @dataclass
 class _Word:
+    """One word being recognised: its loud blocks and what they sound like."""
     start: int  # block index
     end: int  # block index, exclusive
     parts: list[np.ndarray] = field(default_factory=list)
@@ -385,6 +387,7 @@ class _Word:
 
 @dataclass
 class _Utterance:
+    """Words under one ResultId, until 300 ms of quiet close it."""
     result_id: str
     words: list[_Word] = field(default_factory=list)
     changed: bool = False
@@ -405,6 +408,7 @@ class ToneChannel:
 
     def __init__(self, rate: int, channel: int, stream: int, options: ResultOptions,
                  silence_rms: float = 500.0, word_gap: float = 0.05, utterance_gap: float = 0.3):
+        """Segment one channel of a stream sampled at ``rate``."""
         self.rate = rate
         self.channel = channel
         self.stream = stream
@@ -419,6 +423,7 @@ class ToneChannel:
         self.utterance: _Utterance | None = None
 
     def _time(self, block: int) -> float:
+        """Seconds at the start of ``block`` (AWS gives up to 4 decimals)."""
         return round(block * self.block / self.rate, 4)
 
     def feed(self, samples: np.ndarray) -> list[dict[str, Any]]:
@@ -465,6 +470,7 @@ class ToneChannel:
         return [self._result(utt, partial=False)] if utt is not None else []
 
     def _result(self, utt: _Utterance, partial: bool) -> dict[str, Any]:
+        """The §6.1 Result of an utterance, partial or final."""
         items: list[dict[str, Any]] = []
         names = []
         for i, w in enumerate(utt.words):
@@ -536,9 +542,10 @@ class EmulatorConfig:
 class Fault:
     """A misbehaviour for one connection: ``http`` rejects the handshake with ``status``;
     ``exception`` sends ``exception_type``/``message`` after ``after_events`` AudioEvents;
-    ``abort`` drops the TCP connection (no close frame) after ``after_events`` AudioEvents."""
+    ``abort`` drops the TCP connection (no close frame) after ``after_events`` AudioEvents;
+    ``hang`` goes silent after ``after_events`` AudioEvents (no results, no close, ever)."""
 
-    kind: Literal["http", "exception", "abort"]
+    kind: Literal["http", "exception", "abort", "hang"]
     after_events: int = 0
     exception_type: str = "InternalFailureException"
     message: str = "An internal error occurred."
@@ -600,6 +607,7 @@ class AwsTranscribeEmulator:
     """The emulator server; ``async with`` starts it on a free loopback port."""
 
     def __init__(self, config: EmulatorConfig | None = None):
+        """Not listening yet: ``async with`` starts it."""
         self.config = config or EmulatorConfig()
         self.faults: deque[Fault] = deque()
         self.streams: list[StreamLog] = []
@@ -626,6 +634,7 @@ class AwsTranscribeEmulator:
         return settings.model_copy(update=update)
 
     async def __aenter__(self) -> AwsTranscribeEmulator:
+        """Listen on a free loopback port."""
         self._stack = contextlib.AsyncExitStack()
         self._server, self.port = await self._stack.enter_async_context(serve_loopback(
             self._handler, self._process_request, max_size=1 << 20, max_queue=None,
@@ -633,6 +642,7 @@ class AwsTranscribeEmulator:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        """Drop open connections and stop listening."""
         assert self._stack is not None
         for log in list(self.active):
             if log.ws is not None:
@@ -644,6 +654,7 @@ class AwsTranscribeEmulator:
     @staticmethod
     def _json_response(connection: ServerConnection, status: int, kind: str | None,
                        message: str) -> Response:
+        """An HTTP error answer the AWS way: JSON ``message`` and ``x-amzn-ErrorType``."""
         response = connection.respond(status, json.dumps({"message": message}))
         headers = Headers([(k, v) for k, v in response.headers.raw_items()
                            if k.lower() != "content-type"])
@@ -691,6 +702,7 @@ class AwsTranscribeEmulator:
     # --- after the upgrade -----------------------------------------------------------------------
 
     async def _handler(self, ws: ServerConnection) -> None:
+        """Serve one upgraded connection, keeping the active list and log current."""
         log = self._pending.pop(ws)
         log.ws = ws
         self.active.append(log)
@@ -713,6 +725,7 @@ class AwsTranscribeEmulator:
         raise _Closed
 
     async def _serve(self, ws: ServerConnection, log: StreamLog) -> None:
+        """Post-upgrade checks (auth, parameters, quotas), then the stream itself."""
         cfg = self.config
         if log.rejection is not None:
             await self._fail(ws, log, log.rejection.type, log.rejection.message)
@@ -780,18 +793,24 @@ class AwsTranscribeEmulator:
 
     def _queue(self, log: StreamLog, out: asyncio.Queue[tuple[float, bytes] | None],
                results: list[dict[str, Any]]) -> None:
+        """Record results and queue one TranscriptEvent each, due after ``result_delay``."""
         due = time.monotonic() + self.config.result_delay
         for result in results:
             log.results.append(result)
             out.put_nowait((due, transcript_event({"Transcript": {"Results": [result]}})))
 
     async def _apply_fault(self, ws: ServerConnection, log: StreamLog) -> None:
+        """Misbehave if this connection's fault is due after the AudioEvents seen so far."""
         fault = log.fault
         if fault is None or fault.kind == "http" or log.events != fault.after_events:
             return
         if fault.kind == "abort":
             log.exception = ("<abort>", "TCP connection dropped without a close frame")
             ws.transport.abort()
+            raise _Closed
+        if fault.kind == "hang":
+            log.exception = ("<hang>", "stopped answering")
+            await ws.wait_closed()
             raise _Closed
         await self._fail(ws, log, fault.exception_type, fault.message)
 
@@ -832,6 +851,7 @@ class AwsTranscribeEmulator:
     async def _receive(self, ws: ServerConnection, log: StreamLog, rate: int, channels: int,
                        recognizers: list[ToneChannel],
                        out: asyncio.Queue[tuple[float, bytes] | None]) -> None:
+        """Read and check AudioEvents until the end marker; answer partials and finals."""
         cfg = self.config
         opened = time.monotonic()
         last = opened

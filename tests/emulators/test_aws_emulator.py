@@ -305,6 +305,7 @@ async def test_json_text_frame_gets_the_exact_real_exception_frame(
 
 
 def _corrupt(kind: str) -> bytes:
+    """A binary frame with one kind of framing defect (CRCs kept right unless the CRC is the defect)."""
     good = audio_event(silence(0.01))
     if kind == "prelude crc":
         return good[:8] + bytes([good[8] ^ 1]) + good[9:]

@@ -254,10 +254,6 @@ class AwsTranscribeOptions(BaseModel):
         return self
 
 
-def _flag(value: bool) -> str:
-    return "true" if value else "false"
-
-
 def query_params(config: RecognizerConfig) -> dict[str, str]:
     """The Transcribe query parameters of one stream (everything but the SigV4 ones)."""
     opts = config.options
@@ -457,6 +453,7 @@ class AwsTranscribeRecognizer(Recognizer):
     drain_timeout: float = 30.0  # after the empty AudioEvent, wait this long for the close
 
     def __init__(self, config: RecognizerConfig, settings: Settings):
+        """Not connected yet: start() opens the first stream."""
         super().__init__(config, settings)
         self._frame_bytes = 2 * config.channels
         self._streams: list[_Stream] = []
@@ -652,6 +649,7 @@ class AwsTranscribeRecognizer(Recognizer):
 
     @property
     def _chunk_bytes(self) -> int:
+        """Bytes of one AudioEvent: ``chunk_seconds`` of whole frames, never over 32 KB."""
         frames = max(1, round(self.chunk_seconds * self.config.rate))
         return min(frames * self._frame_bytes, MAX_EVENT_BYTES // self._frame_bytes * self._frame_bytes)
 

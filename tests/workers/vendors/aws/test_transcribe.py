@@ -87,10 +87,12 @@ def expected_finals(words: list[list[Any]]) -> list[tuple[str, float, float]]:
 
 def finals_of(finals: list[tuple[str, Transcript]], channel: int | None = None
               ) -> list[tuple[str, float, float]]:
+    """(text, start, end) of a session's finals, optionally of one channel."""
     return [(t.text, t.start, t.end) for _, t in finals if channel is None or t.channel == channel]
 
 
 def words_of(finals: list[tuple[str, Transcript]]) -> list[list[Any]]:
+    """[word, start, end] of every word of a session's finals."""
     return [[w.text, w.start, w.end] for _, t in finals for w in t.words]
 
 
@@ -150,6 +152,7 @@ def test_options_are_validated_like_the_service() -> None:
 
 
 def _config(channels: int = 1, language: str = "en-US", **options: Any) -> RecognizerConfig:
+    """A validated RecognizerConfig for direct use."""
     parsed = AwsTranscribeRecognizer.validate_options(language, RATE, channels, options)
     return RecognizerConfig(session_id="s", rate=RATE, channels=channels, language=language,
                             options=parsed)
@@ -241,6 +244,7 @@ def test_transcript_event_mapping() -> None:
 
 def test_endpoint_override_is_parsed_for_signing() -> None:
     def endpoint(url: str | None) -> tuple[str, str, str]:
+        """What the recognizer would connect to with this override."""
         settings = Settings(redis_url="redis://unused", aws_transcribe_endpoint=url,
                             aws_region="eu-west-2")
         return AwsTranscribeRecognizer(_config(), settings)._endpoint()
@@ -266,6 +270,7 @@ async def run(rec: AwsTranscribeRecognizer, pcm: bytes, chunk_s: float = 0.1,
     await rec.start()
 
     async def collect() -> None:
+        """Gather results concurrently with sending."""
         async for t in rec.results():
             out.append(t)
 
@@ -286,6 +291,7 @@ async def run(rec: AwsTranscribeRecognizer, pcm: bytes, chunk_s: float = 0.1,
 
 def recognizer(emu: AwsTranscribeEmulator, channels: int = 1, rate: int = RATE, **options: Any
                ) -> AwsTranscribeRecognizer:
+    """A recognizer pointed at the emulator, outside any worker."""
     emu.config.realtime_factor = None  # these tests send unpaced; the worker paces sessions
     rec = create_recognizer("aws", "direct", "en-US", rate, channels, options,
                             emu.configure(Settings(redis_url="redis://unused")))
@@ -392,6 +398,7 @@ async def test_silence_longer_than_the_timeout_is_kept_alive(
 
 
 async def _collect(rec: AwsTranscribeRecognizer, out: list[Transcript]) -> None:
+    """Append every result of ``rec`` to ``out``."""
     async for t in rec.results():
         out.append(t)
 
@@ -427,6 +434,24 @@ async def test_roll_over_deadline_cuts_mid_utterance_without_a_gap(
     assert words[0].start == 0.2 and words[-1].end == 3.2
     for before, after in itertools.pairwise(words):
         assert before.end == after.start  # cut on a 100 ms boundary: times are continuous
+
+
+
+async def test_late_results_are_drained_after_the_end_of_audio(
+        aws_emulator: AwsTranscribeEmulator) -> None:
+    aws_emulator.config.result_delay = 0.4
+    pcm, words = render(SCRIPT[:2], tail=0.1)  # the last final only comes with the end marker
+    got = await run(recognizer(aws_emulator), pcm)
+    assert [(t.text, t.start, t.end) for t in got if t.is_final] == expected_finals(words)
+
+
+async def test_a_service_that_never_ends_the_stream_is_a_retryable_failure(
+        aws_emulator: AwsTranscribeEmulator) -> None:
+    aws_emulator.faults.append(Fault("hang", after_events=3))
+    rec = recognizer(aws_emulator)
+    rec.drain_timeout = 0.5
+    with pytest.raises(VendorRetryable, match=r"did not end the stream within 0\.5 s"):
+        await run(rec, render(SCRIPT[:1])[0])
 
 
 # --- whole sessions through a worker --------------------------------------------------------------
@@ -482,6 +507,7 @@ async def test_json_text_frames_fail_the_session_with_the_service_answer(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The classic mistake reproduced: audio as JSON in text frames."""
     def as_json(pcm: bytes) -> str:
+        """Audio the wrong way: base64 in JSON, sent as a text frame."""
         return json.dumps({"AudioEvent": {"AudioChunk": base64.b64encode(pcm).decode()}})
 
     monkeypatch.setattr(aws, "audio_event", as_json)
