@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import redis
 import redis.asyncio as aioredis
 
 from voxq.audio import chunk_bytes_for, convert, read_file
@@ -63,12 +64,17 @@ async def wait_status(r: aioredis.Redis, keys: Keys, sid: str, timeout: float = 
                       statuses: tuple[str, ...] = ("finished", "failed", "abandoned")) -> SessionMeta:
     """Poll the session until it reaches one of ``statuses``."""
     deadline = time.monotonic() + timeout
+    meta = None
     while time.monotonic() < deadline:
-        meta = await get_meta(r, keys, sid)
+        try:
+            meta = await get_meta(r, keys, sid)
+        except (redis.ConnectionError, redis.TimeoutError):  # Redis restarting in a fault test
+            await asyncio.sleep(0.1)
+            continue
         if meta.status.value in statuses:
             return meta
         await asyncio.sleep(0.1)
-    raise AssertionError(f"session {sid} still {meta.status} after {timeout}s")
+    raise AssertionError(f"session {sid} still {meta and meta.status} after {timeout}s")
 
 
 def start_worker(env: dict[str, str], name: str, *args: str, log: Path | None = None

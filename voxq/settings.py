@@ -43,7 +43,16 @@ class Settings(BaseSettings):
                                     description="Consumer name; default host-pid.")
     max_sessions: int = Field(default=500, ge=1, description="Sessions one worker drives.")
     claim_timeout_seconds: float = Field(
-        default=5.0, gt=0.2, description="A claim idle this long is taken over.")
+        default=4.0, gt=0.2, description="A claim idle this long is taken over.")
+    keep_audio: bool = Field(
+        default=False,
+        description="Keep audio behind the checkpoint until retention (default: trim it).")
+    drain_grace_seconds: float = Field(
+        default=20.0, ge=0,
+        description="On SIGTERM, how long sessions already at end of audio may finish.")
+    worker_health_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="Port of the worker's /healthz, /readyz and /metrics (unset: off).")
     session_queue_chunks: int = Field(
         default=50, ge=2, description="Chunks buffered per session before backpressure.")
 
@@ -72,6 +81,35 @@ class Settings(BaseSettings):
                             validation_alias=_env("AWS_REGION", "AWS_DEFAULT_REGION"))
     aws_transcribe_endpoint: str | None = Field(
         default=None, description="Override wss://host:port of Transcribe streaming.")
+
+    # AssemblyAI (ASSEMBLYAI_API_KEY as in AssemblyAI's docs; v3 `assemblyai`, v2 `assemblyai-v2`)
+    assemblyai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("ASSEMBLYAI_API_KEY", "VOXQ_ASSEMBLYAI_API_KEY"),
+        description="AssemblyAI API key: the raw Authorization header, or what mints temporary tokens.")
+    assemblyai_token: SecretStr | None = Field(
+        default=None, validation_alias=_env("VOXQ_ASSEMBLYAI_TOKEN"),
+        description="A temporary streaming token minted elsewhere (single use: one connection).")
+    assemblyai_temporary_tokens: bool = Field(
+        default=False, description="Mint a single-use token per connection with the API key and "
+                                   "connect with ?token= instead of sending the key.")
+    assemblyai_url: str = Field(default="wss://streaming.assemblyai.com/v3/ws",
+                                description="Universal Streaming (v3) WebSocket URL.")
+    assemblyai_token_url: str = Field(default="https://streaming.assemblyai.com/v3/token",
+                                      description="v3 temporary-token endpoint (GET).")
+    assemblyai_v2_url: str = Field(default="wss://api.assemblyai.com/v2/realtime/ws",
+                                   description="Legacy real-time (v2) WebSocket URL.")
+    assemblyai_v2_token_url: str = Field(default="https://api.assemblyai.com/v2/realtime/token",
+                                         description="v2 temporary-token endpoint (POST).")
+
+    # Deepgram (DEEPGRAM_API_KEY / DEEPGRAM_ACCESS_TOKEN as Deepgram's SDKs read them)
+    deepgram_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("DEEPGRAM_API_KEY", "VOXQ_DEEPGRAM_API_KEY"),
+        description="Deepgram API key, sent as `Authorization: Token KEY`.")
+    deepgram_access_token: SecretStr | None = Field(
+        default=None, validation_alias=_env("DEEPGRAM_ACCESS_TOKEN", "VOXQ_DEEPGRAM_ACCESS_TOKEN"),
+        description="Deepgram temporary JWT, sent as `Authorization: Bearer JWT` (wins over the key).")
+    deepgram_url: str = Field(default="wss://api.deepgram.com/v1/listen",
+                              description="Deepgram live streaming WebSocket URL.")
 
     # voxq-ws (self-hosted recognizers speaking voxq's own protocol)
     voxqws_url: str | None = Field(

@@ -14,7 +14,8 @@ def run_worker(args: argparse.Namespace) -> int:
     """Serve sessions until SIGTERM/SIGINT, then drain."""
     settings = get_settings()
     with redis_url(settings) as url:
-        worker = Transcriber(settings, url, name=args.name, max_sessions=args.max_sessions)
+        worker = Transcriber(settings, url, name=args.name, max_sessions=args.max_sessions,
+                             health_port=args.health_port)
         asyncio.run(worker.run())
     return 0
 
@@ -25,4 +26,6 @@ def register_worker(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-sessions", type=int, default=None,
                    help="sessions this worker drives at once (default VOXQ_MAX_SESSIONS)")
     p.add_argument("--name", default=None, help="consumer name (default host-pid)")
+    p.add_argument("--health-port", type=int, default=None,
+                   help="serve /healthz, /readyz, /metrics here (default VOXQ_WORKER_HEALTH_PORT)")
     p.set_defaults(func=run_worker)

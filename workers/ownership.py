@@ -38,8 +38,9 @@ redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'status', 'active', 'updated', ARG
 return epoch
 """
 
-# KEYS: meta, final. ARGV: epoch, expected seq, channel, end_frames, checkpoint_id,
-# checkpoint_frames, audio_seconds, now, then the final's fields as name/value pairs.
+# KEYS: meta, final, audio. ARGV: epoch, expected seq, channel, end_frames, checkpoint_id,
+# checkpoint_frames, audio_seconds, now, trim (1: drop audio before the checkpoint), then
+# the final's fields as name/value pairs.
 # The expected seq makes a retried write (reply lost to a dropped connection) a no-op.
 _WRITE_FINAL = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return -1 end
@@ -49,10 +50,13 @@ if have > seq then return -3 end
 if have < seq then return -4 end
 redis.call('HSET', KEYS[1], 'finals', seq + 1)
 local fields = {'seq', ARGV[2]}
-for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], '*', unpack(fields))
 redis.call('HSET', KEYS[1], 'final_end:' .. ARGV[3], ARGV[4], 'checkpoint', ARGV[5],
            'checkpoint_frames', ARGV[6], 'audio_seconds', ARGV[7], 'updated', ARGV[8])
+if ARGV[9] == '1' and ARGV[5] ~= '0-0' then
+  redis.call('XTRIM', KEYS[3], 'MINID', '~', ARGV[5])
+end
 return seq
 """
 
@@ -123,7 +127,7 @@ class Ownership:
 
     async def write_final(self, sid: str, epoch: int, seq: int, channel: int, end_frames: int,
                           checkpoint: str, checkpoint_frames: int, audio_seconds: float,
-                          fields: Mapping[str, str]) -> None:
+                          fields: Mapping[str, str], trim: bool = False) -> None:
         """Append final number ``seq`` and move the checkpoint, atomically and idempotently
         (a retry after a lost reply writes nothing twice); Fenced if no longer owner."""
         flat: list[str] = []
@@ -131,9 +135,9 @@ class Ownership:
             if k != "seq":
                 flat += [k, v]
         rc = int(await self._final(
-            keys=[self.keys.meta(sid), self.keys.final(sid)],
+            keys=[self.keys.meta(sid), self.keys.final(sid), self.keys.audio(sid)],
             args=[epoch, seq, channel, end_frames, checkpoint, checkpoint_frames,
-                  repr(round(audio_seconds, 3)), repr(time.time()), *flat]))
+                  repr(round(audio_seconds, 3)), repr(time.time()), int(trim), *flat]))
         if rc == -1:
             raise Fenced(sid)
         if rc == -4:

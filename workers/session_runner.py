@@ -82,6 +82,7 @@ class SessionRunner:
         self.bad_chunks = 0
         self.attempts = 0
         self.status: Status | None = None
+        self.finishing = False  # end of audio reached: only the vendor's last finals remain
 
     # --- the session's life -------------------------------------------------------------
 
@@ -182,6 +183,7 @@ class SessionRunner:
                 self._bad_chunk(eid, str(e))
                 continue
             if chunk.eos:
+                self.finishing = True
                 await self._finish(rec, conv)
                 return Status.FINISHED
             pcm = chunk.pcm
@@ -252,7 +254,8 @@ class SessionRunner:
         fields = encode_transcript(t)
         await redis_retry(lambda: self.ctx.ownership.write_final(
             self.sid, self.epoch, seq, ch, end_frames, ckpt.entry_id, ckpt.frames,
-            max(self.final_end) / self.meta.rate, fields), f"session {self.sid} final")
+            max(self.final_end) / self.meta.rate, fields,
+            trim=not self.ctx.settings.keep_audio), f"session {self.sid} final")
         self.finals = seq + 1
         self.attempts = 0  # progress: a later failure starts its backoff afresh
         self.checkpoint = Checkpoint(ckpt.entry_id, ckpt.frames, tuple(self.final_end))

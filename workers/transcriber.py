@@ -28,6 +28,7 @@ from voxq.redis_conn import connect
 from voxq.sessions import ensure_group
 from voxq.settings import Settings
 from workers.audio_reader import AudioReader
+from workers.health_server import serve_health
 from workers.ownership import Ownership, SessionGone, checkpoint_from_meta
 from workers.session_runner import Context, SessionRunner, redis_retry
 
@@ -63,11 +64,12 @@ class Transcriber:
     """One worker process's session manager."""
 
     def __init__(self, settings: Settings, redis_url: str, name: str | None = None,
-                 max_sessions: int | None = None):
+                 max_sessions: int | None = None, health_port: int | None = None):
         self.settings = settings
         self.redis_url = redis_url
         self.name = name or settings.worker_name or default_worker_name()
         self.max_sessions = max_sessions or settings.max_sessions
+        self.health_port = health_port if health_port is not None else settings.worker_health_port
         self.keys = Keys(settings.prefix)
         self.claim_timeout_ms = int(settings.claim_timeout_seconds * 1000)
         self.held: dict[str, _Held] = {}
@@ -96,6 +98,11 @@ class Transcriber:
         r = self._r
         await redis_retry(lambda: ensure_group(r, self.keys), "consumer group")
         self.ready = True
+        health = None
+        if self.health_port is not None:
+            health = await serve_health("0.0.0.0", self.health_port, lambda: self.heartbeat,
+                                        lambda: self.ready and not self.draining.is_set())
+            self.health_port = health.sockets[0].getsockname()[1]
         log.info("worker %s: up, capacity %d sessions", self.name, self.max_sessions)
         tasks = [
             asyncio.create_task(reader.run(), name="audio-reader"),
@@ -118,6 +125,8 @@ class Transcriber:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._r.aclose()
             await self._r_read.aclose()
+            if health is not None:
+                health.close()
             log.info("worker %s: stopped", self.name)
 
     # --- claiming -----------------------------------------------------------------------
@@ -158,7 +167,7 @@ class Transcriber:
     async def _takeover_loop(self, ctx: Context) -> None:
         """Take over control entries idle past the claim timeout (their owner is gone)."""
         assert self._r is not None
-        interval = max(0.1, self.settings.claim_timeout_seconds / 4)
+        interval = max(0.05, self.settings.claim_timeout_seconds / 8)
         while not self.draining.is_set():
             await asyncio.sleep(interval)
             if self.free() <= 0:
@@ -228,9 +237,9 @@ class Transcriber:
     # --- keeping claims -----------------------------------------------------------------
 
     async def _refresh_loop(self, ctx: Context) -> None:
-        """Every third of the claim timeout: check epochs (fencing) and refresh our claims."""
+        """Every quarter of the claim timeout: check epochs (fencing) and refresh our claims."""
         assert self._r is not None
-        interval = self.settings.claim_timeout_seconds / 3
+        interval = self.settings.claim_timeout_seconds / 4
         while True:
             await asyncio.sleep(interval)
             held = list(self.held.items())
@@ -262,21 +271,32 @@ class Transcriber:
     # --- draining -----------------------------------------------------------------------
 
     async def _drain(self, own: Ownership) -> None:
-        """Stop every session and hand its control entry to the other workers at once."""
+        """Hand sessions still receiving audio to the other workers at once; let those at end
+        of audio finish within the grace period, then hand off whatever is left."""
         held = list(self.held.values())
+        busy = [h for h in held if not h.runner.finishing]
+        await self._stop_and_handoff(own, busy)
+        finishing = [h for h in held if h.runner.finishing]
+        if finishing:
+            await asyncio.wait([h.task for h in finishing],
+                               timeout=self.settings.drain_grace_seconds)
+            await self._stop_and_handoff(own, finishing)
+
+    async def _stop_and_handoff(self, own: Ownership, held: list[_Held]) -> None:
         for h in held:
             h.task.cancel()
         await asyncio.gather(*(h.task for h in held), return_exceptions=True)
-        ids = [h.control_id for h in held if h.runner.status is None]
-        if ids:
-            try:
-                await own.handoff(ids, idle_ms=self.claim_timeout_ms * 10)
-                if self._r is not None:
-                    await self._r.zrem(self.keys.live, *[h.runner.sid for h in held])
-                self.stats.handed_off += len(ids)
-                log.info("worker %s: handed off %d session(s)", self.name, len(ids))
-            except REDIS_DOWN as e:
-                log.warning("drain: Redis unavailable (%s); claims will go stale instead", e)
+        left = [h for h in held if h.runner.status is None]
+        if not left:
+            return
+        try:
+            await own.handoff([h.control_id for h in left], idle_ms=self.claim_timeout_ms * 10)
+            if self._r is not None:
+                await self._r.zrem(self.keys.live, *[h.runner.sid for h in left])
+            self.stats.handed_off += len(left)
+            log.info("worker %s: handed off %d session(s)", self.name, len(left))
+        except REDIS_DOWN as e:
+            log.warning("drain: Redis unavailable (%s); claims will go stale instead", e)
 
 
 def _s(v: object) -> str:
