@@ -18,12 +18,18 @@ import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from producer.publisher import Publisher, session_meta
-from producer.sources import file_source, iterate_in_thread, mic_source, raw_source
+from producer.sources import (
+    file_source,
+    iterate_in_thread,
+    mic_source,
+    raw_source,
+    stdin_stream,
+)
 from voxq.audio import RAW_ENCODINGS, probe_file
 from voxq.errors import InvalidAudio, InvalidInput
 from voxq.keys import validate_session_id
@@ -99,10 +105,9 @@ def open_source(args: argparse.Namespace, meta: SessionMeta, settings: Settings)
     raw_rate = args.raw_rate or meta.rate
     raw_channels = args.raw_channels or meta.channels
     if args.path == "-":
-        stdin: BinaryIO = sys.stdin.buffer
-        if sys.stdin.isatty():
+        if sys.stdin is None or sys.stdin.isatty():
             raise InvalidInput("stdin is a terminal: pipe raw audio into `voxq produce -`")
-        blocks = raw_source(stdin, args.raw_format or "s16le", raw_rate, raw_channels,
+        blocks = raw_source(stdin_stream(), args.raw_format or "s16le", raw_rate, raw_channels,
                             meta.rate, meta.channels)
         return Source(blocks, "stdin", "stdin")
     path = Path(args.path)
@@ -179,7 +184,7 @@ class _FileProgress:
 class _LevelMeter:
     """An RMS dBFS bar for live input, on stderr."""
 
-    WIDTH = 40
+    WIDTH = 30
 
     def __init__(self, source: Source, meta: SessionMeta, force: bool) -> None:
         from rich.console import Console
@@ -199,10 +204,10 @@ class _LevelMeter:
         filled = round((db + 60.0) / 60.0 * self.WIDTH) if db > -60 else 0
         filled = max(0, min(self.WIDTH, filled))
         style = "red" if db > -3 else "yellow" if db > -12 else "green"
-        t = Text(f"{self.label} {self.seconds:7.1f} s ")
+        t = Text(f"{self.label} {self.seconds:7.1f} s {db:6.1f} dBFS ", no_wrap=True,
+                 overflow="crop")
         t.append("█" * filled, style=style)
         t.append("·" * (self.WIDTH - filled), style="dim")
-        t.append(f" {db:6.1f} dBFS")
         return t
 
     def update(self, pcm: bytes) -> None:

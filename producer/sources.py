@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
+import sys
 import threading
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
@@ -109,6 +111,35 @@ def _mpeg_blocks(path: str | Path, block_frames: int) -> Iterator[np.ndarray]:
                 yield out[:n]
     except (sf.LibsndfileError, RuntimeError) as e:
         raise InvalidAudio(f"cannot read audio file {str(path)!r}: {e}") from e
+
+
+class FdReader:
+    """Blocking exact-length reads from a file descriptor, without Python's buffered-IO lock.
+
+    Why: reading ``sys.stdin.buffer`` in a daemon thread that is still blocked at exit makes
+    the interpreter abort ("could not acquire lock for <stdin> at interpreter shutdown");
+    ``os.read`` on the descriptor holds no such lock.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes: fewer only at end of input."""
+        parts: list[bytes] = []
+        got = 0
+        while n < 0 or got < n:
+            data = os.read(self.fd, 1 << 16 if n < 0 else min(n - got, 1 << 20))
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+        return b"".join(parts)
+
+
+def stdin_stream() -> BinaryIO:
+    """Standard input as an exact-read byte stream that is safe to read from a daemon thread."""
+    return cast(BinaryIO, FdReader(sys.stdin.fileno() if sys.stdin is not None else 0))
 
 
 def raw_source(stream: BinaryIO, encoding: str, src_rate: int, src_channels: int,
