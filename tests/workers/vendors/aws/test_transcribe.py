@@ -36,6 +36,7 @@ from voxq.sessions import read_finals
 from voxq.settings import Settings
 from workers.transcriber import Transcriber
 from workers.vendors.aws import transcribe as aws
+from workers.vendors.aws.eventstream import Message
 from workers.vendors.aws.transcribe import AwsTranscribeOptions, AwsTranscribeRecognizer
 from workers.vendors.base import (
     RecognizerConfig,
@@ -241,6 +242,23 @@ def test_transcript_event_mapping() -> None:
     with pytest.raises(VendorRetryable, match="malformed TranscriptEvent"):
         rec._transcripts(stream, b'{"Transcript":{"Results":[{"Alternatives":[{"Items":[{}]}]}]}}')
 
+
+
+def test_error_messages_raise_and_unknown_events_are_ignored() -> None:
+    """The generic ``error`` message type maps like an exception; other events are skipped."""
+    rec = AwsTranscribeRecognizer(_config(), Settings(redis_url="redis://unused"))
+    stream = aws._Stream(ws=None, index=0, base_frames=0, rate=RATE)  # type: ignore[arg-type]
+    rec._handle(stream, Message({":message-type": "event", ":event-type": "SomethingNew"}, b"{}"))
+    rec._handle(stream, Message({":message-type": "whatever"}, b""))
+    assert stream.results.empty()
+    error = Message({":message-type": "error", ":error-code": "InternalFailureException",
+                     ":error-message": "boom"})
+    with pytest.raises(VendorRetryable, match=r"^aws: InternalFailureException: boom$"):
+        rec._handle(stream, error)
+    exception = Message({":message-type": "exception", ":exception-type": "BadRequestException"},
+                        b"not json")
+    with pytest.raises(VendorRejected, match=r"^aws: BadRequestException: not json$"):
+        rec._handle(stream, exception)
 
 def test_endpoint_override_is_parsed_for_signing() -> None:
     def endpoint(url: str | None) -> tuple[str, str, str]:
