@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     keep_audio: bool = Field(
         default=False,
         description="Keep audio behind the checkpoint until retention (default: trim it).")
+    sweep_interval_seconds: float = Field(
+        default=60.0, gt=0, description="How often one worker sweeps expired sessions' leftovers.")
     drain_grace_seconds: float = Field(
         default=20.0, ge=0,
         description="On SIGTERM, how long sessions already at end of audio may finish.")

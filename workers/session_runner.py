@@ -83,6 +83,7 @@ class SessionRunner:
         self.attempts = 0
         self.status: Status | None = None
         self.finishing = False  # end of audio reached: only the vendor's last finals remain
+        self.error = ""  # reason of a FAILED status decided by the relay itself
 
     # --- the session's life -------------------------------------------------------------
 
@@ -92,6 +93,7 @@ class SessionRunner:
         while True:
             try:
                 status = await self._attempt()
+                error = self.error
                 break
             except Fenced:
                 log.warning("session %s: ownership lost; stopping without writing", self.sid)
@@ -168,6 +170,7 @@ class SessionRunner:
         sent = 0
         idle = self.ctx.settings.idle_timeout_seconds
         half = sub.limit // 2
+        limit = self.ctx.settings.max_session_seconds * m.rate
         while True:
             entry = await sub.get(idle)
             if len(sub.inbox) == half:
@@ -192,6 +195,11 @@ class SessionRunner:
                                      f"of whole {m.channels}-channel s16 frames")
                 continue
             sent += len(pcm) // frame_bytes
+            if offset + sent > limit:
+                self.error = (f"session is longer than the {self.ctx.settings.max_session_seconds}"
+                              " s limit (VOXQ_MAX_SESSION_SECONDS); audio after it ignored")
+                await self._finish(rec, conv)
+                return Status.FAILED
             self._window.append((eid, offset + sent))
             ahead = sent / m.rate - ((time.monotonic() - t0) * speed + burst)
             if ahead > 0:

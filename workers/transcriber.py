@@ -10,6 +10,7 @@ import contextlib
 import functools
 import logging
 import os
+import random
 import signal
 import socket
 import time
@@ -31,6 +32,7 @@ from workers.audio_reader import AudioReader
 from workers.health_server import serve_health
 from workers.ownership import Ownership, SessionGone, checkpoint_from_meta
 from workers.session_runner import Context, SessionRunner, redis_retry
+from workers.sweeper import try_sweep
 
 log = logging.getLogger(__name__)
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -110,6 +112,7 @@ class Transcriber:
             asyncio.create_task(self._takeover_loop(ctx), name="takeover"),
             asyncio.create_task(self._refresh_loop(ctx), name="refresh"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._sweep_loop(), name="sweep"),
         ]
         try:
             await stop.wait()
@@ -198,9 +201,17 @@ class Transcriber:
         sid = _s(fields.get(b"sid", b""))
         if sid in self.held:
             return
+        assert self._r is not None
+        refreshed = await self._r.zscore(self.keys.live, sid)
+        if refreshed is not None and time.time() - refreshed < self.settings.claim_timeout_seconds:
+            # A live worker drives this session: the entry is a duplicate. Taking it would
+            # only make two workers fence each other in turn.
+            log.warning("control entry %s: session %s is live elsewhere; dropped", control_id, sid)
+            await ctx.ownership.ack(control_id)
+            return
         try:
             epoch = await ctx.ownership.claim(sid)
-            h: Any = await self._r.hgetall(self.keys.meta(sid))  # type: ignore[union-attr]
+            h: Any = await self._r.hgetall(self.keys.meta(sid))
             meta = SessionMeta.from_hash(h)
         except (SessionGone, InvalidInput) as e:
             log.info("control entry %s (%r): nothing to do (%s)", control_id, sid, e)
@@ -261,6 +272,21 @@ class Transcriber:
                     await self._r.zadd(self.keys.live, {sid: now for sid, _ in mine})
             except REDIS_DOWN as e:
                 log.warning("refresh: Redis unavailable (%s)", e)
+
+    async def _sweep_loop(self) -> None:
+        """Remove what expired sessions left behind; one worker per interval does it."""
+        assert self._r is not None
+        interval = self.settings.sweep_interval_seconds
+        while True:
+            await asyncio.sleep(interval * (0.5 + random.random()))
+            try:
+                report = await try_sweep(self._r, self.keys, self.name, interval,
+                                         stale_live_after=10 * self.settings.claim_timeout_seconds)
+                if report and (report.orphans or report.stale_live):
+                    log.info("sweep: %d orphaned session(s), %d stale live entries removed",
+                             report.orphans, report.stale_live)
+            except REDIS_DOWN as e:
+                log.warning("sweep: Redis unavailable (%s)", e)
 
     async def _heartbeat_loop(self) -> None:
         """Proves the event loop turns (liveness), independent of Redis or vendors."""
