@@ -113,6 +113,38 @@ class Settings(BaseSettings):
     deepgram_url: str = Field(default="wss://api.deepgram.com/v1/listen",
                               description="Deepgram live streaming WebSocket URL.")
 
+    # Alibaba DashScope (DASHSCOPE_API_KEY as the dashscope SDK reads it)
+    dashscope_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("DASHSCOPE_API_KEY", "VOXQ_DASHSCOPE_API_KEY"),
+        description="DashScope API key (sk-...), sent as `Authorization: Bearer KEY`.")
+    dashscope_workspace: str | None = Field(
+        default=None, validation_alias=_env("DASHSCOPE_WORKSPACE", "VOXQ_DASHSCOPE_WORKSPACE"),
+        description="Workspace id sent as `X-DashScope-WorkSpace` (optional).")
+    dashscope_url: str = Field(
+        default="wss://dashscope.aliyuncs.com/api-ws/v1/inference",
+        validation_alias=_env("VOXQ_DASHSCOPE_URL", "DASHSCOPE_WEBSOCKET_BASE_URL"),
+        description="DashScope inference WebSocket URL (e.g. the -intl host).")
+
+    # Volcengine / Doubao speech (console APP ID and Access Token, or a new-console API key)
+    volcengine_app_id: str | None = Field(
+        default=None, validation_alias=_env("VOLCENGINE_APP_ID", "VOXQ_VOLCENGINE_APP_ID"),
+        description="Volcengine speech APP ID (`X-Api-App-Key`).")
+    volcengine_access_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=_env("VOLCENGINE_ACCESS_TOKEN", "VOXQ_VOLCENGINE_ACCESS_TOKEN"),
+        description="Volcengine speech Access Token (`X-Api-Access-Key`).")
+    volcengine_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("VOLCENGINE_API_KEY", "VOXQ_VOLCENGINE_API_KEY"),
+        description="New-console API key (`X-Api-Key`), used when no APP ID/Access Token is set.")
+    volcengine_asr_resource_id: str = Field(
+        default="volc.bigasr.sauc.duration",
+        validation_alias=_env("VOLCENGINE_ASR_RESOURCE_ID", "VOXQ_VOLCENGINE_ASR_RESOURCE_ID"),
+        description="Streaming ASR resource id (`X-Api-Resource-Id`), e.g. volc.seedasr.sauc.duration.")
+    volcengine_asr_url: str = Field(
+        default="wss://openspeech.bytedance.com/api/v3/sauc",
+        validation_alias=_env("VOXQ_VOLCENGINE_ASR_URL"),
+        description="Base URL of the streaming ASR; the mode (/bigmodel_async, ...) is appended.")
+
     # voxq-ws (self-hosted recognizers speaking voxq's own protocol)
     voxqws_url: str | None = Field(
         default=None, validation_alias=_env("VOXQ_WS_URL"),
