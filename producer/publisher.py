@@ -17,6 +17,12 @@ Delivery contract (DESIGN.md invariant 1, "nothing acknowledged is lost"):
   and drops what is already there: a resend never duplicates a chunk.
 * The Redis client is built with redis-py's own retries turned off: redis-py replays a whole
   pipeline after a connection error, which would duplicate chunks the server had applied.
+
+The resync is exact when the failed connection's commands can no longer run after it: Redis
+restarted, the connection was reset, or the server processed them before the resync's read
+(Redis serves the older connection first). A pipeline delayed in the network for longer than
+``socket_timeout`` plus the backoff could still land after the resync; a conditional XADD
+(a script that checks the last seq) would close that window at some Redis CPU per chunk.
 """
 
 from __future__ import annotations
@@ -140,6 +146,7 @@ class Publisher:
         self._next_seq = 0
         self._pending: deque[_Item] = deque()
         self._cond = asyncio.Condition()
+        self._send_lock = asyncio.Lock()  # one send()/close() at a time keeps chunks in order
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._aborted = False
@@ -225,9 +232,10 @@ class Publisher:
         step = self._chunker.chunk_size
         # feed at most one chunk at a time so the chunker never holds more than two chunks;
         # drain feed() completely before awaiting, so a cancelled send leaves it consistent
-        for off in range(0, len(view), step):
-            for chunk in list(self._chunker.feed(view[off:off + step])):  # type: ignore[arg-type]
-                await self._put(encode_chunk(self._next_seq, chunk), len(chunk))
+        async with self._send_lock:
+            for off in range(0, len(view), step):
+                for chunk in list(self._chunker.feed(view[off:off + step])):  # type: ignore[arg-type]
+                    await self._put(chunk)
 
     async def flush(self) -> None:
         """Wait until every queued chunk is acknowledged; raises if publishing failed."""
@@ -243,12 +251,16 @@ class Publisher:
         """
         if self._closed:
             return
-        self._check_writable()
+        self._require_open()
+        if self._stopping:
+            raise InvalidInput(f"session {self.session_id!r} is already closing")
         assert self._chunker is not None
         try:
-            for chunk in self._chunker.flush():
-                await self._put(encode_chunk(self._next_seq, chunk), len(chunk))
-            await self._put(encode_eos(self._next_seq), 0)
+            self._raise_if_failed()
+            async with self._send_lock:
+                for chunk in list(self._chunker.flush()):
+                    await self._put(chunk)
+                await self._put(None)
             async with self._cond:
                 self._stopping = True
                 self._cond.notify_all()
@@ -315,8 +327,8 @@ class Publisher:
                 raise self._error
             raise PublishFailed(str(self._error)) from self._error
 
-    async def _put(self, fields: Mapping[str, bytes | str], nbytes: int) -> None:
-        """Append one entry to the bounded buffer, waiting for space (backpressure)."""
+    async def _put(self, pcm: bytes | None) -> None:
+        """Append a chunk (None: the eos entry) to the bounded buffer, waiting for space."""
         async with self._cond:
             if len(self._pending) >= self.capacity and self._error is None:
                 self.stats.send_waits += 1
@@ -326,7 +338,11 @@ class Publisher:
             if self._aborted:
                 raise InvalidInput(f"session {self.session_id!r} was aborted")
             self._raise_if_failed()
-            self._pending.append(_Item(self._next_seq, fields, nbytes))
+            seq = self._next_seq
+            if pcm is None:
+                self._pending.append(_Item(seq, encode_eos(seq), 0))
+            else:
+                self._pending.append(_Item(seq, encode_chunk(seq, pcm), len(pcm)))
             self._next_seq += 1
             self.stats.queued += 1
             self._cond.notify_all()
@@ -454,7 +470,11 @@ class SyncPublisher:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="voxq-sync-publisher")
         self._thread.start()
-        self._pub: Publisher = self._call(self._make(url, kwargs))
+        try:
+            self._pub: Publisher = self._call(self._make(url, kwargs))
+        except BaseException:
+            self._shutdown()
+            raise
 
     @staticmethod
     async def _make(url: str, kwargs: dict[str, Any]) -> Publisher:

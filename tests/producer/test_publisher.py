@@ -296,7 +296,9 @@ async def test_unapplied_writes_are_resent(settings: Settings, keys: Keys,
     for i in range(1, 6):
         await pub.send(numbered_chunk(i))
     await pub.close()
-    assert pub.stats.failures >= 1 and pub.stats.skipped == 0
+    # usually nothing was applied (skipped == 0); on a loaded machine the last attempt can
+    # be applied as the pause ends yet time out before its reply: then the resync skips it
+    assert pub.stats.failures >= 1
     entries = await read_audio(r, keys, "paused")
     assert check_stream(entries) == b"".join(numbered_chunk(i) for i in range(6))
 
