@@ -145,6 +145,55 @@ class Settings(BaseSettings):
         validation_alias=_env("VOXQ_VOLCENGINE_ASR_URL"),
         description="Base URL of the streaming ASR; the mode (/bigmodel_async, ...) is appended.")
 
+    # Text-to-speech jobs (RQ queue `tts`, results at PREFIX:tts:{JOB})
+    tts_queue: str = Field(default="tts", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                           description="RQ queue the API enqueues TTS jobs on (KEDA scales on it).")
+    tts_default_vendor: str = Field(default="local", description="Vendor used when a request names none.")
+    tts_result_ttl_seconds: int = Field(
+        default=24 * 3600, ge=60, description="How long a TTS job's status and MP3 stay in Redis.")
+    tts_max_text_chars: int = Field(default=20000, ge=1, le=1_000_000,
+                                    description="Longest text one TTS job accepts (longer: 413).")
+    tts_max_batch_items: int = Field(default=100, ge=1, le=10000,
+                                     description="Most items one POST /v1/tts/batch accepts.")
+    tts_cache_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=0,
+                                       description="Lifetime of a cached MP3 (0: cache off).")
+    tts_cache_max_entries: int = Field(default=1000, ge=0, description="Most MP3s the cache holds.")
+    tts_cache_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0,
+                                     description="Most MP3 bytes the cache holds in total.")
+    tts_retries: int = Field(default=3, ge=0, le=20,
+                             description="Retries of a TTS job after a transient vendor error.")
+    tts_retry_backoff_seconds: list[int] = Field(
+        default=[5, 30, 120], min_length=1,
+        description="Waits before retry 1, 2, ... (JSON list of whole seconds; the last repeats).")
+    tts_job_timeout_base_seconds: int = Field(
+        default=60, ge=1, description="Job timeout: this many seconds plus the per-character part.")
+    tts_job_timeout_per_char_seconds: float = Field(
+        default=0.05, ge=0, description="Job timeout added per character of text.")
+    tts_vendor_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="Longest wait for one vendor call (connect, synthesize).")
+    aws_polly_endpoint: str | None = Field(
+        default=None, description="Override https://polly.REGION.amazonaws.com (e.g. an emulator).")
+    aws_polly_engine: str = Field(default="neural", pattern=r"^(standard|neural|long-form|generative)$",
+                                  description="Polly engine; every voice offered must support it.")
+    dashscope_tts_model: str = Field(
+        default="cosyvoice-v2", validation_alias=_env("VOXQ_DASHSCOPE_TTS_MODEL"),
+        description="DashScope speech model (cosyvoice-v2 voices end in _v2).")
+    volcengine_tts_url: str = Field(
+        default="wss://openspeech.bytedance.com/api/v1/tts/ws_binary",
+        validation_alias=_env("VOXQ_VOLCENGINE_TTS_URL"),
+        description="Volcengine v1 binary TTS WebSocket URL.")
+    volcengine_tts_cluster: str = Field(
+        default="volcano_tts", validation_alias=_env("VOLCENGINE_TTS_CLUSTER", "VOXQ_VOLCENGINE_TTS_CLUSTER"),
+        description="Volcengine v1 TTS cluster (volcano_tts; volcano_icl for cloned voices).")
+    volcengine_tts_v3_url: str = Field(
+        default="wss://openspeech.bytedance.com/api/v3/tts/bidirection",
+        validation_alias=_env("VOXQ_VOLCENGINE_TTS_V3_URL"),
+        description="Volcengine v3 bidirectional TTS WebSocket URL.")
+    volcengine_tts_resource_id: str | None = Field(
+        default=None,
+        validation_alias=_env("VOLCENGINE_TTS_RESOURCE_ID", "VOXQ_VOLCENGINE_TTS_RESOURCE_ID"),
+        description="v3 TTS `X-Api-Resource-Id`; unset: seed-tts-1.0 or -2.0 by the voice's family.")
+
     # voxq-ws (self-hosted recognizers speaking voxq's own protocol)
     voxqws_url: str | None = Field(
         default=None, validation_alias=_env("VOXQ_WS_URL"),
