@@ -25,7 +25,6 @@ from types import ModuleType
 from typing import Any, BinaryIO, TypeVar, cast
 
 import numpy as np
-import soundfile as sf
 
 from voxq.audio import (
     RAW_ENCODINGS,
@@ -58,59 +57,19 @@ def file_source(path: str | Path, rate: int, channels: int,
         raise InvalidAudio(
             f"audio file {str(path)!r} has {info.channels} channels; stereo output needs a "
             "mono or stereo file")
-    mpeg = _container(path) == "MP3"
-    return _file_blocks(path, info.rate, info.channels, rate, channels, block_frames, mpeg)
-
-
-def _container(path: str | Path) -> str:
-    """libsndfile's major format name of a readable file ("WAV", "FLAC", "MP3", …)."""
-    try:
-        return str(sf.info(str(path)).format)
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise InvalidAudio(f"cannot read audio file {str(path)!r}: {e}") from e
+    return _file_blocks(path, info.rate, info.channels, rate, channels, block_frames)
 
 
 def _file_blocks(path: str | Path, src_rate: int, src_channels: int, rate: int, channels: int,
-                 block_frames: int, mpeg: bool) -> Iterator[bytes]:
+                 block_frames: int) -> Iterator[bytes]:
     conv = Converter(src_rate, rate, channels)
-    blocks = _mpeg_blocks(path, block_frames) if mpeg else iter_file_blocks(path, block_frames)
-    for block in blocks:
+    for block in iter_file_blocks(path, block_frames):
         out = conv.process(block)
         if out:
             yield out
     tail = conv.process(np.zeros((0, src_channels), dtype=np.float32), last=True)
     if tail:
         yield tail
-
-
-def _mpeg_blocks(path: str | Path, block_frames: int) -> Iterator[np.ndarray]:
-    """Stream an MP3 file in float32 blocks, reading libsndfile directly.
-
-    Why: python-soundfile's ``read`` seeks to the position it expects after every block, and
-    libsndfile (1.2.x) seeks MP3 only approximately, so block-wise reads through it skip audio
-    (a 1 kHz tone comes out at ~1007 Hz and the end is padded with silence). Sequential
-    ``sf_readf_float`` calls decode exactly; if soundfile's internals ever change, fall back.
-    """
-    try:
-        from soundfile import _ffi, _snd  # private, but stable for years
-    except ImportError:
-        log.warning("cannot stream MP3 exactly with this soundfile; falling back")
-        yield from iter_file_blocks(path, block_frames)
-        return
-    try:
-        with sf.SoundFile(str(path)) as f:
-            while True:
-                out = np.empty((block_frames, f.channels), dtype=np.float32)
-                n = _snd.sf_readf_float(f._file, _ffi.cast("float *", out.ctypes.data),
-                                        block_frames)
-                if _snd.sf_error(f._file):
-                    err = _ffi.string(_snd.sf_strerror(f._file)).decode(errors="replace")
-                    raise InvalidAudio(f"cannot decode audio file {str(path)!r}: {err}")
-                if n <= 0:
-                    return
-                yield out[:n]
-    except (sf.LibsndfileError, RuntimeError) as e:
-        raise InvalidAudio(f"cannot read audio file {str(path)!r}: {e}") from e
 
 
 class FdReader:

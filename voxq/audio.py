@@ -115,14 +115,32 @@ def read_file(path: str | Path) -> tuple[np.ndarray, int]:
 
 
 def iter_file_blocks(path: str | Path, block_frames: int = 16384) -> Iterator[np.ndarray]:
-    """Stream a file as float32 (frames, channels) blocks so memory stays bounded."""
+    """Stream a file as float32 (frames, channels) blocks so memory stays bounded.
+
+    Reads libsndfile sequentially (``sf_readf_float``): python-soundfile's ``read`` seeks to
+    where it expects to be after every block, and libsndfile seeks MP3 only approximately,
+    so block-wise reads through it skip and pad audio (a 1 kHz tone came out at ~1007 Hz).
+    """
+    try:
+        from soundfile import _ffi, _snd  # private, but stable for years
+    except ImportError:  # pragma: no cover - a soundfile without them: exact except for MP3
+        _ffi = _snd = None
     try:
         with sf.SoundFile(str(path)) as f:
             while True:
-                block = f.read(block_frames, dtype="float32", always_2d=True)
-                if not len(block):
+                if _snd is None:
+                    block = f.read(block_frames, dtype="float32", always_2d=True)
+                    n = len(block)
+                else:
+                    block = np.empty((block_frames, f.channels), dtype=np.float32)
+                    n = _snd.sf_readf_float(f._file, _ffi.cast("float *", block.ctypes.data),
+                                            block_frames)
+                    if _snd.sf_error(f._file):
+                        err = _ffi.string(_snd.sf_strerror(f._file)).decode(errors="replace")
+                        raise InvalidAudio(f"cannot decode audio file {str(path)!r}: {err}")
+                if n <= 0:
                     return
-                yield block
+                yield block[:n]
     except (sf.LibsndfileError, RuntimeError) as e:
         raise InvalidAudio(f"cannot read audio file {str(path)!r}: {e}") from e
 

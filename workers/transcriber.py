@@ -309,9 +309,7 @@ class Transcriber:
             await self._stop_and_handoff(own, finishing)
 
     async def _stop_and_handoff(self, own: Ownership, held: list[_Held]) -> None:
-        for h in held:
-            h.task.cancel()
-        await asyncio.gather(*(h.task for h in held), return_exceptions=True)
+        await cancel_all([h.task for h in held])
         left = [h for h in held if h.runner.status is None]
         if not left:
             return
@@ -323,6 +321,17 @@ class Transcriber:
             log.info("worker %s: handed off %d session(s)", self.name, len(left))
         except REDIS_DOWN as e:
             log.warning("drain: Redis unavailable (%s); claims will go stale instead", e)
+
+
+async def cancel_all(tasks: list[asyncio.Task[object]]) -> None:
+    """Cancel tasks and wait until they are done, cancelling again while any is still alive:
+    on Python 3.11 ``asyncio.wait_for`` (used inside redis-py) can swallow a cancellation."""
+    pending = [t for t in tasks if not t.done()]
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, still = await asyncio.wait(pending, timeout=1.0)
+        pending = list(still)
 
 
 def _s(v: object) -> str:
