@@ -17,6 +17,11 @@ RECOGNIZERS: dict[str, str] = {
     "local": "workers.vendors.local.recognizer:LocalRecognizer",
     "aws": "workers.vendors.aws.transcribe:AwsTranscribeRecognizer",
     "voxq-ws": "workers.vendors.voxqws.recognizer:VoxqWsRecognizer",
+    "assemblyai": "workers.vendors.assemblyai.streaming:AssemblyAIRecognizer",
+    "assemblyai-v2": "workers.vendors.assemblyai.realtime:AssemblyAIV2Recognizer",
+    "deepgram": "workers.vendors.deepgram.recognizer:DeepgramRecognizer",
+    "dashscope": "workers.vendors.dashscope.recognizer:DashScopeRecognizer",
+    "volcengine": "workers.vendors.volcengine.recognizer:VolcengineRecognizer",
 }
 
 SYNTHESIZERS: dict[str, str] = {}
