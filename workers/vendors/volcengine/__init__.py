@@ -1,0 +1,1 @@
+"""Volcengine (ByteDance / Doubao) speech: binary frame codec and the big-model streaming ASR."""
