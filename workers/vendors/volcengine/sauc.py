@@ -1,0 +1,247 @@
+"""Volcengine big-model streaming ASR (``sauc``): options, request JSON, response parsing and
+error classification. Pure, no sockets (``shared/protocols/volcengine.md`` §4).
+
+The request always asks for ``show_utterances`` (times and words need it). Responses are read
+the same way in ``full`` and ``single`` result modes: each utterance is final once ``definite``
+is true, and the session module drops definite utterances it already reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+__all__ = [
+    "DEFAULT_RESOURCE_ID",
+    "DEFAULT_URL",
+    "MODES",
+    "RATE",
+    "RESOURCE_IDS",
+    "ProtocolError",
+    "Response",
+    "Utterance",
+    "VolcengineOptions",
+    "classify",
+    "endpoint",
+    "request_body",
+    "response_of",
+    "stream_language",
+]
+
+DEFAULT_URL = "wss://openspeech.bytedance.com/api/v3/sauc"
+"""Base of the three endpoints; the mode's path segment is appended."""
+MODES = ("bigmodel", "bigmodel_async", "bigmodel_nostream")
+RESOURCE_IDS = ("volc.bigasr.sauc.duration", "volc.bigasr.sauc.concurrent",
+                "volc.seedasr.sauc.duration", "volc.seedasr.sauc.concurrent")
+DEFAULT_RESOURCE_ID = RESOURCE_IDS[0]
+RATE = 16000
+"""The only sample rate the service accepts (16-bit mono PCM)."""
+SUCCESS = 20000000
+
+#: languages the nostream mode documents (the list in the docs ends with "…": other
+#: well-formed codes are passed through)
+NOSTREAM_LANGUAGES = ("zh-CN", "en-US", "ja-JP", "id-ID", "es-MX", "pt-BR", "de-DE", "fr-FR",
+                      "ko-KR", "fil-PH", "ms-MY", "th-TH", "ar-SA")
+_LANGUAGE_RE = re.compile(r"^([a-z]{2,3})(?:[-_]([A-Za-z]{2}|\d{3}))?$", re.IGNORECASE)
+_AUTO = ("", "auto")
+
+_RETRYABLE_CODES = frozenset({45000081, 45000292, 55000031})
+_AUTH_CODES = frozenset({45000010, 45000030})
+
+
+class ProtocolError(ValueError):
+    """A server response that does not have the documented shape."""
+
+
+def _json_text(value: str | None) -> str | None:
+    """A field the service takes as a JSON *string*: it must parse."""
+    if value is None:
+        return None
+    try:
+        json.loads(value)
+    except ValueError as e:
+        raise ValueError(f"must be a JSON string: {e}") from None
+    return value
+
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class VolcengineOptions(BaseModel):
+    """Per-session options of the ``volcengine`` recognizer (§4.4), checked at session creation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["bigmodel", "bigmodel_async", "bigmodel_nostream"] = "bigmodel_async"
+    result_type: Literal["full", "single"] = "single"
+    enable_itn: bool | None = None
+    enable_punc: bool | None = None
+    enable_ddc: bool | None = None
+    enable_nonstream: bool | None = None
+    end_window_size: int | None = Field(default=None, ge=200)
+    force_to_speech_time: int | None = Field(default=None, ge=1)
+    vad_segment_duration: int | None = Field(default=None, ge=1)
+    enable_accelerate_text: bool | None = None
+    accelerate_score: int | None = Field(default=None, ge=0, le=20)
+    output_zh_variant: Literal["traditional", "tw", "hk"] | None = None
+    boosting_table_id: Name | None = None
+    boosting_table_name: Name | None = None
+    correct_table_id: Name | None = None
+    correct_table_name: Name | None = None
+    context: str | None = Field(default=None, max_length=100_000)
+    sensitive_words_filter: str | None = Field(default=None, max_length=100_000)
+    uid: Name | None = None
+
+    @field_validator("context", "sensitive_words_filter")
+    @classmethod
+    def _json_strings(cls, value: str | None) -> str | None:
+        """These travel as JSON strings; malformed JSON is refused here, not by the service."""
+        return _json_text(value)
+
+    @model_validator(mode="after")
+    def _combinations(self) -> VolcengineOptions:
+        """Options that only one mode accepts."""
+        if self.enable_nonstream is not None and self.mode != "bigmodel_async":
+            raise ValueError("enable_nonstream is for mode bigmodel_async only")
+        if self.accelerate_score is not None and not self.enable_accelerate_text:
+            raise ValueError("accelerate_score needs enable_accelerate_text")
+        return self
+
+
+def stream_language(language: str, mode: str) -> str | None:
+    """The ``audio.language`` to send (nostream only; None = the default zh/en + dialects);
+    ValueError for a language the mode cannot recognise."""
+    code = language.strip()
+    if code.lower() in _AUTO:
+        return None
+    m = _LANGUAGE_RE.match(code)
+    if m is None:
+        raise ValueError(f"language {language!r} is not a language code such as zh-CN")
+    base = m.group(1).lower()
+    if mode != "bigmodel_nostream":
+        if base not in ("zh", "en", "yue"):
+            raise ValueError(f"language {language!r}: the streaming modes recognise Chinese "
+                             "(with dialects) and English; use mode=bigmodel_nostream for "
+                             "other languages")
+        return None
+    for known in NOSTREAM_LANGUAGES:
+        if known.lower() == code.lower().replace("_", "-"):
+            return known
+    if m.group(2) is None:
+        for known in NOSTREAM_LANGUAGES:
+            if known.split("-")[0] == base:
+                return known
+        raise ValueError(f"language {language!r}: give a region as well (e.g. {base}-XX)")
+    return f"{base}-{m.group(2).upper()}"
+
+
+def endpoint(base: str, mode: str) -> str:
+    """The URL of ``mode``: ``base`` with the mode's segment (a trailing mode segment is replaced)."""
+    url = base.rstrip("/")
+    head, _, tail = url.rpartition("/")
+    if tail in MODES and head:
+        url = head
+    return f"{url}/{mode}"
+
+
+def request_body(options: VolcengineOptions, *, uid: str, language: str | None) -> dict[str, Any]:
+    """The full client request JSON of one mono 16 kHz PCM stream."""
+    audio: dict[str, Any] = {"format": "pcm", "codec": "raw", "rate": RATE, "bits": 16,
+                             "channel": 1}
+    if language:
+        audio["language"] = language
+    request: dict[str, Any] = {"model_name": "bigmodel", "show_utterances": True,
+                               "result_type": options.result_type}
+    for name in ("enable_itn", "enable_punc", "enable_ddc", "enable_nonstream", "end_window_size",
+                 "force_to_speech_time", "vad_segment_duration", "enable_accelerate_text",
+                 "accelerate_score", "output_zh_variant", "sensitive_words_filter"):
+        value = getattr(options, name)
+        if value is not None:
+            request[name] = value
+    corpus = {name: getattr(options, name) for name in
+              ("boosting_table_id", "boosting_table_name", "correct_table_id",
+               "correct_table_name", "context") if getattr(options, name) is not None}
+    if corpus:
+        request["corpus"] = corpus
+    return {"user": {"uid": options.uid or uid}, "audio": audio, "request": request}
+
+
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    """One utterance of a response; times in ms of the stream's audio."""
+
+    text: str
+    start_ms: int
+    end_ms: int
+    definite: bool
+    words: tuple[tuple[str, int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A full server response's content."""
+
+    text: str
+    utterances: tuple[Utterance, ...]
+    duration_ms: int | None
+
+
+def _ms(value: Any, what: str) -> int:
+    """A non-negative time in ms; ProtocolError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or value < 0:
+        raise ProtocolError(f"{what} must be a non-negative number of ms, not {value!r}")
+    return round(value)
+
+
+def response_of(doc: Any) -> Response:
+    """Parse a full server response JSON (``result`` as an object, or a list of them)."""
+    if not isinstance(doc, dict):
+        raise ProtocolError("response is not a JSON object")
+    info = doc.get("audio_info")
+    duration = None
+    if isinstance(info, dict) and info.get("duration") is not None:
+        duration = _ms(info["duration"], "audio_info.duration")
+    result = doc.get("result")
+    if result is None:
+        return Response("", (), duration)
+    results = result if isinstance(result, list) else [result]
+    texts: list[str] = []
+    utterances: list[Utterance] = []
+    for item in results:
+        if not isinstance(item, dict):
+            raise ProtocolError("result is not an object")
+        text = item.get("text", "")
+        if not isinstance(text, str):
+            raise ProtocolError("result.text is not a string")
+        texts.append(text)
+        raw = item.get("utterances") or []
+        if not isinstance(raw, list):
+            raise ProtocolError("result.utterances is not a list")
+        for u in raw:
+            if not isinstance(u, dict) or not isinstance(u.get("text", ""), str):
+                raise ProtocolError("malformed utterance")
+            words = []
+            for w in u.get("words") or []:
+                if not isinstance(w, dict) or not isinstance(w.get("text", ""), str):
+                    raise ProtocolError("malformed word")
+                words.append((w.get("text", ""), _ms(w.get("start_time"), "word start_time"),
+                              _ms(w.get("end_time"), "word end_time")))
+            utterances.append(Utterance(u.get("text", ""), _ms(u.get("start_time"), "start_time"),
+                                        _ms(u.get("end_time"), "end_time"),
+                                        bool(u.get("definite")), tuple(words)))
+    return Response("".join(texts), tuple(utterances), duration)
+
+
+def classify(code: int) -> Literal["retryable", "auth", "rejected"]:
+    """Whether a new connection can get past an error code (§4.6; 550xxxxx are server-side)."""
+    if code in _AUTH_CODES:
+        return "auth"
+    if code in _RETRYABLE_CODES or 55000000 <= code <= 55999999:
+        return "retryable"
+    return "rejected"
