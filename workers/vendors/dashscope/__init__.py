@@ -1,0 +1,1 @@
+"""Alibaba DashScope (Model Studio): Paraformer real-time speech recognition."""

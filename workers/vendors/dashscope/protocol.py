@@ -1,0 +1,294 @@
+"""Alibaba DashScope inference WebSocket, Paraformer real-time ASR side: options, the client
+instructions (``run-task``, ``finish-task``), the server events and error classification.
+Pure, no sockets (``shared/protocols/dashscope.md`` §1-§2, §5).
+
+Every JSON message is ``{"header": {...}, "payload": {...}}`` in a text frame; audio goes in
+binary frames with no framing of its own. Server events: ``task-started``,
+``result-generated`` (one sentence, partial until ``sentence_end``; heartbeats to skip),
+``task-finished``, ``task-failed`` (code and message in the *header*).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_URL",
+    "LANGUAGE_HINTS",
+    "MODELS",
+    "DashScopeOptions",
+    "Event",
+    "ProtocolError",
+    "Sentence",
+    "Word",
+    "classify",
+    "finish_task",
+    "model_rate",
+    "parse_event",
+    "run_task",
+    "session_hints",
+    "valid_task_id",
+]
+
+DEFAULT_URL = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
+MODELS = ("paraformer-realtime-v2", "paraformer-realtime-8k-v2", "paraformer-realtime-v1",
+          "paraformer-realtime-8k-v1")
+DEFAULT_MODEL = MODELS[0]
+#: sample rate each model takes; None = any rate (§2.1)
+_MODEL_RATES: dict[str, int | None] = {
+    "paraformer-realtime-v2": None, "paraformer-realtime-8k-v2": 8000,
+    "paraformer-realtime-v1": 16000, "paraformer-realtime-8k-v1": 8000,
+}
+LANGUAGE_HINTS = ("zh", "en", "ja", "yue", "ko", "de", "fr", "ru")
+_V2 = frozenset({"paraformer-realtime-v2", "paraformer-realtime-8k-v2"})
+_V1 = frozenset({"paraformer-realtime-v1", "paraformer-realtime-8k-v1"})
+_AUTO = ("", "auto")
+
+_RETRYABLE = frozenset({
+    "CLIENT_ERROR", "RequestTimeOut", "ClientDisconnect", "Throttling", "Throttling.RateQuota",
+    "Throttling.AllocationQuota", "Throttling.BurstRate", "InternalError", "InternalError.Algo",
+    "SystemError", "ModelServingError", "ModelUnavailable",
+})
+_AUTH = frozenset({"InvalidApiKey", "AccessDenied", "Model.AccessDenied", "Workspace.AccessDenied",
+                   "AccessDenied.Unpurchased"})
+
+Ident = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class ProtocolError(ValueError):
+    """A server message that is not a documented DashScope event."""
+
+
+def _split_list(value: Any) -> Any:
+    """Accept ``zh,en`` (as `voxq produce --option` gives it) as well as a list."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class DashScopeOptions(BaseModel):
+    """Per-session options of the ``dashscope`` recognizer (§2.3), checked at session creation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: Literal["paraformer-realtime-v2", "paraformer-realtime-8k-v2", "paraformer-realtime-v1",
+                   "paraformer-realtime-8k-v1"] = "paraformer-realtime-v2"
+    vocabulary_id: Ident | None = None
+    phrase_id: Ident | None = None
+    language_hints: tuple[Literal["zh", "en", "ja", "yue", "ko", "de", "fr", "ru"], ...] | None = None
+    disfluency_removal_enabled: bool | None = None
+    semantic_punctuation_enabled: bool | None = None
+    max_sentence_silence: int | None = Field(default=None, ge=200, le=6000)
+    multi_threshold_mode_enabled: bool | None = None
+    punctuation_prediction_enabled: bool | None = None
+    inverse_text_normalization_enabled: bool | None = None
+    heartbeat: bool = True
+
+    @field_validator("language_hints", mode="before")
+    @classmethod
+    def _hints(cls, value: Any) -> Any:
+        """Comma strings become tuples."""
+        return _split_list(value)
+
+    @model_validator(mode="after")
+    def _per_model(self) -> DashScopeOptions:
+        """Reject parameters the chosen model does not take (§2.1, §2.3 "v2 only")."""
+        v2_only = ("vocabulary_id", "semantic_punctuation_enabled", "max_sentence_silence",
+                   "multi_threshold_mode_enabled", "punctuation_prediction_enabled",
+                   "inverse_text_normalization_enabled")
+        if self.model in _V1:
+            used = [n for n in v2_only if getattr(self, n) is not None]
+            if used:
+                raise ValueError(f"{', '.join(used)}: only for the v2 models, not {self.model}")
+        if self.language_hints is not None and self.model != "paraformer-realtime-v2":
+            raise ValueError(f"language_hints: only paraformer-realtime-v2 takes them, "
+                             f"not {self.model}")
+        if self.phrase_id is not None and self.model not in _V1:
+            raise ValueError("phrase_id is the v1 models' hot words; v2 models use vocabulary_id")
+        if self.semantic_punctuation_enabled and (self.max_sentence_silence is not None
+                                                  or self.multi_threshold_mode_enabled):
+            raise ValueError("max_sentence_silence / multi_threshold_mode_enabled apply only "
+                             "when semantic_punctuation_enabled is false")
+        return self
+
+
+def model_rate(model: str) -> int | None:
+    """The sample rate ``model`` requires, or None when it takes any rate."""
+    return _MODEL_RATES[model]
+
+
+def session_hints(language: str, options: DashScopeOptions) -> list[str] | None:
+    """``language_hints`` to send: the options' own, else the session language's (v2 only);
+    ValueError when the model cannot recognise the session language."""
+    code = language.strip().lower().replace("_", "-")
+    base = code.split("-")[0]
+    if options.model != "paraformer-realtime-v2":
+        if code not in _AUTO and base != "zh":
+            raise ValueError(f"{options.model} recognises Chinese only, not {language!r}; use "
+                             "paraformer-realtime-v2")
+        return None
+    if options.language_hints is not None:
+        return list(options.language_hints)
+    if code in _AUTO:
+        return None
+    if base not in LANGUAGE_HINTS:
+        raise ValueError(f"language {language!r} is not one paraformer-realtime-v2 recognises "
+                         f"({', '.join(LANGUAGE_HINTS)}, or auto)")
+    return [base]
+
+
+def _dumps(doc: Any) -> str:
+    """JSON as the SDK sends it: non-ASCII as UTF-8, no escapes."""
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+
+def run_task(task_id: str, options: DashScopeOptions, *, sample_rate: int,
+             language_hints: list[str] | None) -> str:
+    """The ``run-task`` instruction of one PCM recognition task (§2.3)."""
+    params: dict[str, Any] = {"format": "pcm", "sample_rate": sample_rate}
+    for name in ("vocabulary_id", "disfluency_removal_enabled", "semantic_punctuation_enabled",
+                 "max_sentence_silence", "multi_threshold_mode_enabled",
+                 "punctuation_prediction_enabled", "inverse_text_normalization_enabled"):
+        value = getattr(options, name)
+        if value is not None:
+            params[name] = value
+    if language_hints:
+        params["language_hints"] = language_hints
+    if options.model in _V2:
+        params["heartbeat"] = options.heartbeat
+    payload: dict[str, Any] = {"task_group": "audio", "task": "asr", "function": "recognition",
+                               "model": options.model, "parameters": params, "input": {}}
+    if options.phrase_id is not None:
+        payload["resources"] = [{"resource_id": options.phrase_id, "resource_type": "asr_phrase"}]
+    return _dumps({"header": {"action": "run-task", "task_id": task_id, "streaming": "duplex"},
+                   "payload": payload})
+
+
+def finish_task(task_id: str) -> str:
+    """The ``finish-task`` instruction (§2.5): ``payload.input`` is exactly ``{}``."""
+    return _dumps({"header": {"action": "finish-task", "task_id": task_id, "streaming": "duplex"},
+                   "payload": {"input": {}}})
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """One word of a sentence; times in ms of the task's audio."""
+
+    text: str
+    begin_ms: int
+    end_ms: int
+    punctuation: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Sentence:
+    """``payload.output.sentence`` of a result-generated event."""
+
+    text: str
+    begin_ms: int
+    end_ms: int | None
+    sentence_end: bool
+    heartbeat: bool
+    words: tuple[Word, ...] = ()
+
+    @property
+    def is_final(self) -> bool:
+        """Final when ``sentence_end`` says so (or, as the SDK reads it, an end time is set)."""
+        return self.sentence_end
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One server event; ``sentence`` on result-generated, ``error_*`` on task-failed."""
+
+    kind: Literal["task-started", "result-generated", "task-finished", "task-failed"]
+    task_id: str
+    sentence: Sentence | None = None
+    error_code: str = ""
+    error_message: str = ""
+
+
+def _ms(value: Any, what: str) -> int:
+    """A non-negative time in ms; ProtocolError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or value < 0:
+        raise ProtocolError(f"{what} must be a non-negative number of ms, not {value!r}")
+    return round(value)
+
+
+def _sentence(doc: Any) -> Sentence | None:
+    """``payload.output.sentence`` of an event payload, or None when it has none."""
+    output = doc.get("output") if isinstance(doc, dict) else None
+    if not isinstance(output, dict) or output.get("sentence") is None:
+        return None
+    s = output["sentence"]
+    if not isinstance(s, dict):
+        raise ProtocolError("output.sentence is not an object")
+    if s.get("heartbeat") is True:
+        return Sentence("", 0, None, False, True)
+    text = s.get("text", "")
+    if not isinstance(text, str):
+        raise ProtocolError("sentence.text is not a string")
+    words = []
+    for w in s.get("words") or []:
+        if not isinstance(w, dict) or not isinstance(w.get("text", ""), str):
+            raise ProtocolError("malformed word")
+        punct = w.get("punctuation") or ""
+        words.append(Word(w.get("text", ""), _ms(w.get("begin_time"), "word begin_time"),
+                          _ms(w.get("end_time"), "word end_time"),
+                          punct if isinstance(punct, str) else ""))
+    end = s.get("end_time")
+    end_ms = None if end is None else _ms(end, "end_time")
+    final = bool(s.get("sentence_end")) or (s.get("sentence_end") is None and end_ms is not None)
+    return Sentence(text, _ms(s.get("begin_time", 0), "begin_time"), end_ms, final, False,
+                    tuple(words))
+
+
+def parse_event(text: str | bytes) -> Event:
+    """Parse one server text frame into an Event; ProtocolError for anything else."""
+    if isinstance(text, bytes):
+        raise ProtocolError("the server sent a binary frame to a recognition task")
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise ProtocolError(f"invalid JSON: {e}") from None
+    header = doc.get("header") if isinstance(doc, dict) else None
+    if not isinstance(header, dict):
+        raise ProtocolError("message without a header object")
+    kind = header.get("event")
+    task_id = header.get("task_id")
+    if not isinstance(task_id, str):
+        task_id = ""
+    payload = doc.get("payload") or {}
+    if kind == "task-failed":
+        return Event("task-failed", task_id, error_code=str(header.get("error_code") or ""),
+                     error_message=str(header.get("error_message") or ""))
+    if kind in ("task-started", "task-finished"):
+        return Event(kind, task_id, sentence=_sentence(payload))
+    if kind == "result-generated":
+        return Event("result-generated", task_id, sentence=_sentence(payload))
+    raise ProtocolError(f"unknown event {kind!r}")
+
+
+def classify(code: str) -> Literal["retryable", "auth", "rejected"]:
+    """Whether a new task can get past a task-failed ``error_code`` (§5)."""
+    if code in _RETRYABLE:
+        return "retryable"
+    if code in _AUTH:
+        return "auth"
+    return "rejected"
+
+
+_TASK_ID_RE = re.compile(r"^[0-9a-fA-F]{32}$|^[0-9a-fA-F-]{36}$")
+
+
+def valid_task_id(task_id: str) -> bool:
+    """A 32-hex or 36-char hyphenated UUID, the two forms the service accepts."""
+    return bool(_TASK_ID_RE.match(task_id))
