@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from api import errors, events, routes_health, routes_sessions
+from api import errors, events, routes_health, routes_sessions, routes_tts
 from api.auth import require_key
 from api.state import ApiOptions, ApiState
 from voxq import __version__
@@ -40,4 +40,5 @@ def create_app(settings: Settings, redis_url: str,
     # /events and /transcript are registered before the catch-all `{session_id:path}` route.
     app.include_router(events.router, prefix="/v1", tags=["events"], dependencies=v1)
     app.include_router(routes_sessions.router, prefix="/v1", tags=["sessions"], dependencies=v1)
+    app.include_router(routes_tts.router, prefix="/v1", tags=["tts"], dependencies=v1)
     return app

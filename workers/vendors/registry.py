@@ -24,7 +24,9 @@ RECOGNIZERS: dict[str, str] = {
     "volcengine": "workers.vendors.volcengine.recognizer:VolcengineRecognizer",
 }
 
-SYNTHESIZERS: dict[str, str] = {}
+SYNTHESIZERS: dict[str, str] = {
+    "local": "workers.vendors.local.synthesizer:LocalSynthesizer",
+}
 
 
 class UnknownVendor(InvalidInput):

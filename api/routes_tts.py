@@ -1,0 +1,305 @@
+"""/v1/tts: submit text-to-speech jobs and batches, follow them, fetch their MP3 (with Range), or
+a zip of a batch's MP3s.
+
+Requests are validated here, before anything is written: empty text and unknown vendors, voices
+or rates are 422 (the answer lists what exists), text over VOXQ_TTS_MAX_TEXT_CHARS and batches
+over VOXQ_TTS_MAX_BATCH_ITEMS are 413, and the body is read with a byte bound so an oversized
+upload is refused before it is parsed. A request the content cache can answer finishes at once
+(no RQ job); the others get a record ``PREFIX:tts:{JOB}`` and an RQ job on the TTS queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import zipfile
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import redis
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from api.state import ApiState, api_state, redis_of
+from voxq.errors import InvalidInput
+from voxq.redis_conn import connect_sync
+from workers.tts import jobs
+from workers.tts.cache import TtsCache
+from workers.tts.jobs import Plan, TextTooLong, TooManyItems, TtsRequest, UnknownJob
+
+router = APIRouter()
+State = Annotated[ApiState, Depends(api_state)]
+
+_JSON_OVERHEAD = 4096
+_BYTES_PER_CHAR = 6  # worst case of a JSON-escaped character (\uXXXX)
+
+
+class TtsBatchRequest(BaseModel):
+    """A batch of TTS requests (each item may choose its own vendor, voice and options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[TtsRequest] = Field(min_length=1, description="The requests, in order.")
+
+
+def _validation_reason(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    """The JSON body, read with a byte bound (413 past it, 422 if it is not JSON)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413,
+                            f"request body is {declared} bytes; the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413,
+                                f"request body is over the limit of {limit} bytes")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPException(422,
+                            "request body is not valid JSON") from None
+
+
+def _plan(req: TtsRequest, state: ApiState, where: str = "") -> Plan:
+    """Validate one request: 413 for too much text, 422 for anything else wrong."""
+    try:
+        return jobs.plan(req, state.settings)
+    except TextTooLong as e:
+        raise HTTPException(413, f"{where}{e}") from None
+    except InvalidInput as e:
+        raise HTTPException(422, f"{where}{e}") from None
+
+
+def _rq_connection(request: Request, state: ApiState) -> redis.Redis:
+    """The app's blocking Redis client for RQ (created on first use)."""
+    conn: redis.Redis | None = getattr(request.app.state, "tts_rq", None)
+    if conn is None:
+        conn = connect_sync(state.redis_url)
+        request.app.state.tts_rq = conn
+    return conn
+
+
+def _job_links(job_id: str) -> dict[str, str]:
+    return {"status_url": f"/v1/tts/{job_id}", "audio_url": f"/v1/tts/{job_id}/audio"}
+
+
+async def _submit(request: Request, state: ApiState, plans: list[Plan],
+                  batch_id: str | None) -> list[dict[str, Any]]:
+    """Write records, finish cache hits at once, enqueue the rest; one answer per plan."""
+    settings = state.settings
+    r = redis_of(state)
+    ttl = settings.tts_result_ttl_seconds
+    cache = TtsCache(r, state.keys, ttl_seconds=settings.tts_cache_ttl_seconds,
+                     max_entries=settings.tts_cache_max_entries, max_bytes=settings.tts_cache_max_bytes)
+    hits: dict[int, bytes] = {}
+    for i, p in enumerate(plans):
+        if p.use_cache:
+            hit = await cache.get(p.digest)
+            if hit is not None:
+                hits[i] = hit
+    ids = [jobs.new_job_id() for _ in plans]
+    await jobs.create_records(r, state.keys, list(zip(ids, plans, strict=True)), ttl,
+                              batch_id=batch_id)
+    for i, mp3 in hits.items():
+        await jobs.finish_from_cache(r, state.keys, ids[i], mp3, ttl)
+    todo = [(ids[i], len(p.synthesis.text)) for i, p in enumerate(plans) if i not in hits]
+    if todo:
+        conn = _rq_connection(request, state)
+        await asyncio.to_thread(jobs.enqueue, conn, settings, state.keys, todo)
+    return [{"job_id": job_id, "status": "finished" if i in hits else "queued",
+             "cached": i in hits, **_job_links(job_id)} for i, job_id in enumerate(ids)]
+
+
+@router.post("/tts", status_code=202, summary="Submit a text-to-speech job",
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": TtsRequest.model_json_schema()}}}})
+async def submit(request: Request, state: State) -> JSONResponse:
+    """202 with the job id; poll the status URL, then fetch the audio URL."""
+    limit = state.settings.tts_max_text_chars * _BYTES_PER_CHAR + _JSON_OVERHEAD
+    try:
+        req = TtsRequest.model_validate(await _read_json(request, limit))
+    except ValidationError as e:
+        raise HTTPException(422, _validation_reason(e)) from None
+    [answer] = await _submit(request, state, [_plan(req, state)], None)
+    return JSONResponse(answer, status_code=202, headers={"Location": answer["status_url"]})
+
+
+@router.post("/tts/batch", status_code=202, summary="Submit a batch of text-to-speech jobs",
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": TtsBatchRequest.model_json_schema()}}}})
+async def submit_batch(request: Request, state: State) -> JSONResponse:
+    """202 with the batch id and its job ids, in item order."""
+    settings = state.settings
+    max_items = settings.tts_max_batch_items
+    limit = max_items * (settings.tts_max_text_chars * _BYTES_PER_CHAR + _JSON_OVERHEAD)
+    body = await _read_json(request, limit)
+    items = body.get("items") if isinstance(body, dict) else None
+    if isinstance(items, list) and len(items) > max_items:
+        raise HTTPException(413,
+                            str(TooManyItems(f"batch has {len(items)} items; the limit is {max_items} "
+                                             "(VOXQ_TTS_MAX_BATCH_ITEMS)")))
+    try:
+        batch = TtsBatchRequest.model_validate(body)
+    except ValidationError as e:
+        raise HTTPException(422, _validation_reason(e)) from None
+    plans = [_plan(item, state, f"items.{i}: ") for i, item in enumerate(batch.items)]
+    batch_id = jobs.new_batch_id()
+    answers = await _submit(request, state, plans, batch_id)
+    url = f"/v1/tts/batches/{batch_id}"
+    return JSONResponse({"batch_id": batch_id, "job_ids": [a["job_id"] for a in answers],
+                         "jobs": answers, "status_url": url, "zip_url": f"{url}/zip"},
+                        status_code=202, headers={"Location": url})
+
+
+def _not_found(e: UnknownJob) -> HTTPException:
+    return HTTPException(404, str(e))
+
+
+@router.get("/tts/batches/{batch_id}", summary="Status of a batch, item by item")
+async def get_batch(batch_id: str, state: State) -> dict[str, Any]:
+    """Counts by status, overall progress, and each item's status."""
+    try:
+        return await jobs.batch_status(redis_of(state), state.keys, batch_id)
+    except UnknownJob as e:
+        raise _not_found(e) from None
+
+
+class _ZipSink:
+    """A write-only, non-seekable file that hands out what zipfile wrote so far."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.buffer += data
+        return len(data)
+
+    def flush(self) -> None:
+        return None
+
+    def take(self) -> bytes:
+        out = bytes(self.buffer)
+        self.buffer.clear()
+        return out
+
+
+@router.get("/tts/batches/{batch_id}/zip", summary="A zip of the batch's finished MP3s",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"application/zip": {}}}})
+async def get_batch_zip(batch_id: str, state: State) -> StreamingResponse:
+    """Every finished item as ``NNNN.mp3`` (1-based item number); 409 while none is finished."""
+    r = redis_of(state)
+    try:
+        batch = await jobs.batch_status(r, state.keys, batch_id)
+    except UnknownJob as e:
+        raise _not_found(e) from None
+    finished = [item for item in batch["items"] if item["status"] == "finished"]
+    if not finished:
+        raise HTTPException(409,
+                            f"no item of batch {batch_id} has finished yet ({batch['counts']})")
+    width = max(4, len(str(batch["total"])))
+
+    async def stream() -> AsyncIterator[bytes]:
+        sink = _ZipSink()
+        with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED) as zf:  # type: ignore[call-overload]
+            for item in finished:
+                _, audio = await jobs.job_audio(r, state.keys, item["job_id"])
+                if audio is None:
+                    continue
+                info = zipfile.ZipInfo(f"{item['index'] + 1:0{width}d}.mp3",
+                                       time.localtime(time.time())[:6])
+                zf.writestr(info, audio)
+                yield sink.take()
+        yield sink.take()
+
+    return StreamingResponse(stream(), media_type="application/zip", headers={
+        "Content-Disposition": f'attachment; filename="{batch_id}.zip"',
+        "X-Voxq-Items": f"{len(finished)}/{batch['total']}"})
+
+
+@router.get("/tts/{job_id}", summary="Status of a text-to-speech job")
+async def get_job(job_id: str, state: State) -> dict[str, Any]:
+    """Status (queued/started/finished/failed), progress, error reason, duration and bytes."""
+    try:
+        answer = await jobs.job_status(redis_of(state), state.keys, job_id)
+    except UnknownJob as e:
+        raise _not_found(e) from None
+    if answer["status"] == "finished":
+        answer.update(_job_links(job_id))
+    return answer
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The single byte range ``(first, last)`` a Range header asks for, or None for the whole.
+
+    Headers this server ignores (other units, several ranges, bad syntax) give None, as RFC 9110
+    allows; a well-formed range that no byte satisfies raises HTTPException 416.
+    """
+    if not header:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first_s, dash, last_s = spec.strip().partition("-")
+    first_s, last_s = first_s.strip(), last_s.strip()
+    if not dash or not (first_s.isdigit() or (not first_s and last_s.isdigit())):
+        return None
+    if last_s and not last_s.isdigit():
+        return None
+    unsatisfiable = HTTPException(416,
+                                  f"range {spec!r} is outside the {size} bytes of audio",
+                                  headers={"Content-Range": f"bytes */{size}"})
+    if not first_s:  # suffix range: the last N bytes
+        n = int(last_s)
+        if n == 0 or size == 0:
+            raise unsatisfiable
+        return max(0, size - n), size - 1
+    first = int(first_s)
+    last = int(last_s) if last_s else size - 1
+    if last < first:
+        return None
+    if first >= size:
+        raise unsatisfiable
+    return first, min(last, size - 1)
+
+
+@router.api_route("/tts/{job_id}/audio", methods=["GET", "HEAD"], summary="The job's MP3",
+                  response_class=Response,
+                  responses={200: {"content": {"audio/mpeg": {}}}, 206: {"description": "A byte range"}})
+async def get_audio(job_id: str, request: Request, state: State) -> Response:
+    """The MP3 (``audio/mpeg``) with Content-Length; a single ``Range: bytes=`` range gives 206."""
+    try:
+        job_status, audio = await jobs.job_audio(redis_of(state), state.keys, job_id)
+    except UnknownJob as e:
+        raise _not_found(e) from None
+    if audio is None:
+        raise HTTPException(409,
+                            f"job {job_id} has no audio: it is {job_status}")
+    size = len(audio)
+    etag = f'"{job_id}"'
+    headers = {"Accept-Ranges": "bytes", "ETag": etag, "Cache-Control": "private, max-age=3600",
+               "Content-Disposition": f'inline; filename="{job_id}.mp3"'}
+    if_range = request.headers.get("if-range")
+    wanted = None if if_range not in (None, etag) else parse_range(request.headers.get("range"), size)
+    code = 200
+    body = audio
+    if wanted is not None:
+        first, last = wanted
+        body = audio[first:last + 1]
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        code = 206
+    headers["Content-Length"] = str(len(body))
+    if request.method == "HEAD":
+        body = b""
+    return Response(content=body, status_code=code, media_type="audio/mpeg", headers=headers)
