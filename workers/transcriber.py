@@ -75,6 +75,7 @@ class Transcriber:
         self.keys = Keys(settings.prefix)
         self.claim_timeout_ms = int(settings.claim_timeout_seconds * 1000)
         self.held: dict[str, _Held] = {}
+        self._starting: set[str] = set()
         self.stats = WorkerStats()
         self.draining = asyncio.Event()
         self.ready = False
@@ -162,8 +163,7 @@ class Transcriber:
                     await asyncio.sleep(0.5)
                     continue
                 for _key, entries in resp or ():
-                    for eid, fields in entries:
-                        await self._start(ctx, _s(eid), fields, takeover=False)
+                    await self._start_many(ctx, entries, takeover=False)
         finally:
             await claim_r.aclose()
 
@@ -183,10 +183,8 @@ class Transcriber:
                         min_idle_time=self.claim_timeout_ms, start_id=start,
                         count=min(self.free(), 50))
                     start, entries = _s(claimed[0]), claimed[1]
-                    for eid, fields in entries:
-                        if fields is None:
-                            continue  # deleted entry
-                        await self._start(ctx, _s(eid), fields, takeover=True)
+                    await self._start_many(ctx, [e for e in entries if e[1] is not None],
+                                           takeover=True)  # None: a deleted entry
                     if start == "0-0":
                         break
             except ResponseError as e:
@@ -195,12 +193,32 @@ class Transcriber:
             except REDIS_DOWN as e:
                 log.warning("takeover: Redis unavailable (%s)", e)
 
+    async def _start_many(self, ctx: Context, entries: list[Any], takeover: bool) -> None:
+        """Start the sessions of a batch of control entries concurrently (a dead worker's
+        sessions are taken over together, not one round trip after another). An entry whose
+        start failed stays pending and goes stale, so a later takeover scan retries it."""
+        results = await asyncio.gather(
+            *(self._start(ctx, _s(eid), fields, takeover) for eid, fields in entries),
+            return_exceptions=True)
+        for (eid, _), res in zip(entries, results, strict=True):
+            if isinstance(res, BaseException):
+                log.warning("control entry %s: could not start (%r); retried when stale",
+                            _s(eid), res)
+
     async def _start(self, ctx: Context, control_id: str, fields: dict[bytes, bytes],
                      takeover: bool) -> None:
         """Claim the session a control entry names and start its runner."""
         sid = _s(fields.get(b"sid", b""))
-        if sid in self.held:
+        if sid in self.held or sid in self._starting:
             return
+        self._starting.add(sid)
+        try:
+            await self._claim_and_run(ctx, sid, control_id, takeover)
+        finally:
+            self._starting.discard(sid)
+
+    async def _claim_and_run(self, ctx: Context, sid: str, control_id: str,
+                             takeover: bool) -> None:
         assert self._r is not None
         refreshed = await self._r.zscore(self.keys.live, sid)
         if refreshed is not None and time.time() - refreshed < self.settings.claim_timeout_seconds:
