@@ -184,6 +184,9 @@ def plan(request: TtsRequest, settings: Settings) -> Plan:
     synthesis = SynthesisRequest(text=text, voice=voice, speed=request.speed, volume=request.volume,
                                  pitch=request.pitch, sample_rate=request.sample_rate,
                                  format=request.format)
+    check = getattr(synth, "check_request", None)
+    if callable(check):  # vendor-specific refusals (e.g. pitch on Polly's neural engine)
+        check(synthesis)
     return Plan(vendor=vendor, variant=variant_of(synth), synthesis=synthesis,
                 use_cache=request.cache)
 

@@ -26,6 +26,10 @@ RECOGNIZERS: dict[str, str] = {
 
 SYNTHESIZERS: dict[str, str] = {
     "local": "workers.vendors.local.synthesizer:LocalSynthesizer",
+    "aws": "workers.vendors.aws.polly:PollySynthesizer",
+    "dashscope": "workers.vendors.dashscope.cosyvoice:CosyVoiceSynthesizer",
+    "volcengine": "workers.vendors.volcengine.tts:VolcengineTtsSynthesizer",
+    "volcengine-v3": "workers.vendors.volcengine.tts:VolcengineV3Synthesizer",
 }
 
 

@@ -1,0 +1,196 @@
+"""`aws` speech: Amazon Polly SynthesizeSpeech over HTTPS with httpx, signed with SigV4.
+
+``POST https://polly.REGION.amazonaws.com/v1/speech`` with a JSON body (``Engine``,
+``OutputFormat: mp3``, ``SampleRate`` as a string, ``Text``, ``TextType``, ``VoiceId``); the
+answer's body is the MP3 (``Content-Type: audio/mpeg``). Facts are from botocore's Polly service
+model (``botocore/data/polly/2016-06-10/service-2.json``: rest-json, signing name ``polly``, the
+operation's errors and their HTTP statuses, the mp3 sample rates, the 6000 total / 3000 billed
+character limit) and AWS's common rest-json error shape (``x-amzn-ErrorType`` header, JSON body
+with ``message``). Speed, volume and pitch have no request fields: when any differs from 1 the
+text is sent as SSML inside ``<prosody>`` (pitch is refused up front for the neural, long-form and
+generative engines, which do not support it).
+
+Secrets: the keys only sign; the signature and session token travel in headers, never in URLs,
+logs or error messages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import ClassVar
+from xml.sax.saxutils import escape
+
+import httpx
+
+from voxq.errors import InvalidInput
+from voxq.settings import Settings
+from workers.vendors.aws.sigv4 import SigV4Error, sign_headers
+from workers.vendors.base import (
+    SynthesisRequest,
+    Synthesizer,
+    VendorAuthError,
+    VendorError,
+    VendorRejected,
+    VendorRetryable,
+)
+
+__all__ = ["NEURAL_VOICES", "STANDARD_VOICES", "PollySynthesizer", "polly_error", "request_body"]
+
+SERVICE = "polly"
+PATH = "/v1/speech"
+SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+"""Rates the model documents for mp3."""
+
+NEURAL_VOICES = (
+    "Joanna", "Matthew", "Danielle", "Gregory", "Ivy", "Kendra", "Kimberly", "Salli", "Joey",
+    "Justin", "Kevin", "Ruth", "Stephen", "Amy", "Emma", "Brian", "Arthur", "Olivia", "Aria",
+    "Ayanda", "Niamh", "Kajal", "Vicki", "Daniel", "Hannah", "Lea", "Remi", "Gabrielle", "Liam",
+    "Lucia", "Sergio", "Mia", "Andres", "Lupe", "Pedro", "Bianca", "Adriano", "Camila", "Vitoria",
+    "Thiago", "Ines", "Laura", "Takumi", "Kazuha", "Tomoko", "Seoyeon", "Zhiyu", "Hiujin", "Hala",
+    "Zayd", "Elin", "Ida", "Suvi", "Ola", "Sofie", "Lisa", "Isabelle", "Burcu", "Jitka",
+)
+"""Voices offered with the neural engine (the default); Joanna first."""
+STANDARD_VOICES = (
+    "Joanna", "Matthew", "Ivy", "Justin", "Kendra", "Kimberly", "Salli", "Joey", "Amy", "Brian",
+    "Emma", "Russell", "Nicole", "Raveena", "Aditi", "Geraint", "Celine", "Mathieu", "Chantal",
+    "Marlene", "Vicki", "Hans", "Conchita", "Enrique", "Lucia", "Mia", "Miguel", "Penelope",
+    "Lupe", "Carla", "Bianca", "Giorgio", "Mizuki", "Takumi", "Seoyeon", "Zhiyu", "Lotte",
+    "Ruben", "Liv", "Naja", "Mads", "Maja", "Jacek", "Jan", "Ewa", "Ines", "Cristiano", "Camila",
+    "Vitoria", "Ricardo", "Carmen", "Tatyana", "Maxim", "Astrid", "Filiz", "Gwyneth", "Dora",
+    "Karl", "Zeina",
+)
+LONG_FORM_VOICES = ("Danielle", "Gregory", "Ruth")
+GENERATIVE_VOICES = ("Ruth", "Matthew", "Danielle", "Stephen", "Amy", "Olivia", "Lea", "Remi",
+                     "Vicki", "Daniel", "Lucia", "Sergio", "Mia", "Andres", "Lupe", "Pedro")
+VOICES_BY_ENGINE = {"neural": NEURAL_VOICES, "standard": STANDARD_VOICES,
+                    "long-form": LONG_FORM_VOICES, "generative": GENERATIVE_VOICES}
+
+_RETRYABLE_TYPES = frozenset({"ThrottlingException", "ServiceFailureException",
+                              "ServiceUnavailableException", "ServiceUnavailable",
+                              "InternalFailure", "InternalServerError", "RequestTimeout",
+                              "RequestTimeoutException", "TooManyRequestsException"})
+_AUTH_TYPES = frozenset({"UnrecognizedClientException", "InvalidSignatureException",
+                         "MissingAuthenticationTokenException", "ExpiredTokenException",
+                         "AccessDeniedException", "IncompleteSignatureException",
+                         "InvalidClientTokenId", "SignatureDoesNotMatch"})
+
+
+def _percent(ratio: float) -> str:
+    return f"{round(ratio * 100)}%"
+
+
+def _decibels(ratio: float) -> str:
+    db = 20 * math.log10(ratio)
+    return f"{db:+.1f}dB"
+
+
+def request_body(request: SynthesisRequest, engine: str) -> dict[str, str]:
+    """The SynthesizeSpeech JSON body; SSML with ``<prosody>`` when speed/volume/pitch ≠ 1."""
+    prosody = {}
+    if request.speed != 1.0:
+        prosody["rate"] = _percent(request.speed)
+    if request.volume != 1.0:
+        prosody["volume"] = _decibels(request.volume)
+    if request.pitch != 1.0:
+        prosody["pitch"] = f"{round((request.pitch - 1) * 100):+d}%"
+    body = {"Engine": engine, "OutputFormat": "mp3", "SampleRate": str(request.sample_rate),
+            "VoiceId": request.voice or NEURAL_VOICES[0], "TextType": "text", "Text": request.text}
+    if prosody:
+        attrs = " ".join(f'{name}="{value}"' for name, value in prosody.items())
+        body["TextType"] = "ssml"
+        body["Text"] = f"<speak><prosody {attrs}>{escape(request.text)}</prosody></speak>"
+    return body
+
+
+def polly_error(status: int, headers: httpx.Headers, body: bytes) -> VendorError:
+    """The VendorError of a non-200 answer, by AWS error type (header or body) and status."""
+    kind = headers.get("x-amzn-errortype", "").split(":", 1)[0].strip()
+    message = ""
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        doc = None
+    if isinstance(doc, dict):
+        kind = kind or str(doc.get("__type", "")).rsplit("#", 1)[-1]
+        message = str(doc.get("message") or doc.get("Message") or "")
+    if not message:
+        message = body.decode("utf-8", errors="replace")
+    message = " ".join(message.split())[:300] or f"HTTP {status}"
+    code = kind or status
+    if kind in _AUTH_TYPES or status in (401, 403):
+        return VendorAuthError(message, vendor="aws", code=code)
+    if kind in _RETRYABLE_TYPES or status in (408, 429) or status >= 500:
+        return VendorRetryable(message, vendor="aws", code=code)
+    return VendorRejected(message, vendor="aws", code=code)
+
+
+class PollySynthesizer(Synthesizer):
+    """Amazon Polly, one SynthesizeSpeech call per piece of text."""
+
+    name = "aws"
+    max_chars = 1500
+    """Polly bills at most 3000 characters and accepts 6000 with SSML per call; 1500 leaves room
+    for the prosody wrapper and XML escapes."""
+    sample_rates = SAMPLE_RATES
+    timeout: ClassVar[float] = 30.0
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self.engine = settings.aws_polly_engine
+        endpoint = settings.aws_polly_endpoint or f"https://polly.{settings.aws_region}.amazonaws.com"
+        self.url = endpoint.rstrip("/") + PATH
+
+    def voices(self) -> list[str]:
+        """Voices that support the configured engine (VOXQ_AWS_POLLY_ENGINE); Joanna or the first."""
+        return list(VOICES_BY_ENGINE[self.engine])
+
+    def variant(self) -> str:
+        """The engine shapes the audio, so it is part of the cache key."""
+        return self.engine
+
+    def check_request(self, request: SynthesisRequest) -> None:
+        """Refuse what Polly would refuse, before a job is queued (pitch on neural engines)."""
+        if request.pitch != 1.0 and self.engine != "standard":
+            raise InvalidInput(f"pitch is not supported by Polly's {self.engine} engine "
+                               "(only by the standard engine); leave pitch at 1.0")
+
+    def _credentials(self) -> tuple[str, str, str | None]:
+        s = self.settings
+        access = s.aws_access_key_id.get_secret_value() if s.aws_access_key_id else ""
+        secret = s.aws_secret_access_key.get_secret_value() if s.aws_secret_access_key else ""
+        token = s.aws_session_token.get_secret_value() if s.aws_session_token else None
+        if not access or not secret:
+            raise VendorAuthError("AWS credentials are missing: set AWS_ACCESS_KEY_ID and "
+                                  "AWS_SECRET_ACCESS_KEY in the worker's environment", vendor="aws")
+        return access, secret, token or None
+
+    async def synthesize(self, request: SynthesisRequest) -> bytes:
+        """MP3 of ``request.text`` (at most ``max_chars``)."""
+        self.check_request(request)
+        access, secret, token = self._credentials()
+        body = json.dumps(request_body(request, self.engine), ensure_ascii=False).encode("utf-8")
+        try:
+            headers = sign_headers("POST", self.url, {"Content-Type": "application/json"}, body,
+                                   self.settings.aws_region, SERVICE, access, secret, token,
+                                   datetime.now(UTC))
+        except SigV4Error as e:
+            raise VendorAuthError(f"cannot sign the request: {e}", vendor="aws") from None
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout) as client:
+                resp = await client.post(self.url, content=body, headers=headers)
+        except httpx.InvalidURL:
+            raise VendorRejected(f"invalid endpoint {self.url!r} (VOXQ_AWS_POLLY_ENDPOINT)",
+                                 vendor="aws") from None
+        except httpx.HTTPError as e:
+            raise VendorRetryable(f"cannot reach Polly: {type(e).__name__}: {e}", vendor="aws") from None
+        if resp.status_code != 200:
+            raise polly_error(resp.status_code, resp.headers, resp.content)
+        kind = resp.headers.get("content-type", "")
+        if not kind.startswith("audio/mpeg"):
+            raise VendorRetryable(f"Polly answered {kind or 'no content type'}, not audio/mpeg",
+                                  vendor="aws")
+        if not resp.content:
+            raise VendorRetryable("Polly answered no audio", vendor="aws")
+        return resp.content
