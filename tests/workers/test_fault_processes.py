@@ -5,6 +5,7 @@ said twice, one owner at a time. Each test prints how long recovery took."""
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import subprocess
 import sys
@@ -17,7 +18,12 @@ import pytest
 import redis.asyncio as aioredis
 import soundfile as sf
 
-from tests.emulators.watermark import WatermarkEmulator, expected_words, watermark_pcm
+from tests.emulators.watermark import (
+    WatermarkEmulator,
+    expected_words,
+    random_drops,
+    watermark_pcm,
+)
 from tests.support import create, publish, start_worker, wait_status
 from voxq.embedded_redis import RedisServer
 from voxq.keys import Keys
@@ -159,6 +165,21 @@ async def test_sigterm_hands_off_at_once(workers: Workers, r: aioredis.Redis,
     await assert_exact(r, keys, "term", n)
     print(f"\nSIGTERM: handed off in {took:.2f}s, worker exited in {exit_s:.2f}s")
     assert took < CLAIM_TIMEOUT, "hand-off waited for the claim to go stale"
+
+
+async def test_vendor_sockets_dropped_at_random_points(workers: Workers, r: aioredis.Redis,
+                                                       keys: Keys,
+                                                       emulator: WatermarkEmulator) -> None:
+    emulator.faults.drop_after_frames = random_drops(random.Random(11), (2, 40), 6)
+    workers.start("d0", "d1")
+    n = 80
+    sids = ["v0", "v1"]
+    for sid in sids:
+        await create(r, keys, sid, vendor="voxq-ws")
+    await asyncio.gather(*(publish(r, keys, sid, watermark_pcm(n), realtime=4) for sid in sids))
+    for sid in sids:
+        await assert_exact(r, keys, sid, n)
+    assert sum(c.closed_by_fault for c in emulator.connections) >= 3  # faults did happen
 
 
 @pytest.fixture
