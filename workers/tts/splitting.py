@@ -42,7 +42,7 @@ class TextLimit:
     han_weight: int = 1
 
     def __post_init__(self) -> None:
-        if self.max_chars < 1 or (self.max_bytes is not None and self.max_bytes < 4):
+        if self.max_chars < max(1, self.han_weight) or (self.max_bytes is not None and self.max_bytes < 4):
             raise ValueError("a text limit must allow at least one character")
 
     def units(self, text: str) -> int:
