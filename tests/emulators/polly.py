@@ -394,7 +394,7 @@ class PollyEmulator:
             raise _Reject(400, "TextLengthExceededException",
                           f"Maximum text length has been exceeded ({len(spoken)} billed > "
                           f"{MAX_BILLED_CHARS})")
-        if not spoken.strip():
+        if not re.search(r"\w", spoken):
             raise _Reject(400, "ValidationException", "Text must contain something to speak")
         if fmt != "mp3":
             raise _Reject(400, "ValidationException", "this emulator only produces mp3")

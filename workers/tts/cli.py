@@ -16,10 +16,14 @@ import importlib
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from voxq.errors import InvalidInput, VoxqError
 from voxq.redis_conn import connect_sync, redis_url
 from voxq.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from workers.tts.jobs import TtsRequest
 
 log = logging.getLogger("voxq.tts")
 
@@ -71,20 +75,24 @@ def register_tts_worker(sub: argparse._SubParsersAction) -> None:
 
 # --- voxq tts ---------------------------------------------------------------------------------
 
-def _request(args: argparse.Namespace, text: str) -> object:
+def _request(args: argparse.Namespace, text: str) -> TtsRequest:
+    """The request the flags describe; InvalidInput naming each bad flag."""
+    from pydantic import ValidationError
+
     from workers.tts.jobs import TtsRequest
 
     try:
         return TtsRequest(text=text, vendor=args.vendor, voice=args.voice, speed=args.speed,
                           volume=args.volume, pitch=args.pitch, sample_rate=args.rate)
-    except ValueError as e:
-        raise InvalidInput(str(e).splitlines()[-1] if str(e) else "invalid request") from None
+    except ValidationError as e:
+        reasons = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise InvalidInput(reasons or "invalid request") from None
 
 
 async def _one(settings: Settings, args: argparse.Namespace, text: str) -> tuple[bytes, float]:
     from workers.tts import jobs, mp3join
 
-    plan = jobs.plan(_request(args, text), settings)  # type: ignore[arg-type]
+    plan = jobs.plan(_request(args, text), settings)
     synth = jobs.make_synthesizer(plan.vendor, settings)
     mp3 = await jobs.synthesize_text(synth, plan.synthesis,
                                      timeout=settings.tts_vendor_timeout_seconds)
@@ -128,7 +136,7 @@ async def _batch(settings: Settings, args: argparse.Namespace) -> int:
     for _, text in items:  # every line is checked before anything is synthesised
         from workers.tts import jobs
 
-        jobs.plan(_request(args, text), settings)  # type: ignore[arg-type]
+        jobs.plan(_request(args, text), settings)
     outdir = Path(args.output)
     await asyncio.to_thread(outdir.mkdir, parents=True, exist_ok=True)
     width = max(4, len(str(len(lines))))

@@ -175,8 +175,11 @@ class PollySynthesizer(Synthesizer):
             headers = sign_headers("POST", self.url, {"Content-Type": "application/json"}, body,
                                    self.settings.aws_region, SERVICE, access, secret, token,
                                    datetime.now(UTC))
-        except SigV4Error as e:
-            raise VendorAuthError(f"cannot sign the request: {e}", vendor="aws") from None
+        except SigV4Error as e:  # credentials, region or endpoint that cannot be signed
+            about_keys = any(word in str(e) for word in ("key", "token"))
+            cls = VendorAuthError if about_keys else VendorRejected
+            raise cls(f"cannot sign the request: {e} (check VOXQ_AWS_POLLY_ENDPOINT, AWS_REGION)",
+                      vendor="aws") from None
         try:
             async with httpx.AsyncClient(timeout=self.timeout) as client:
                 resp = await client.post(self.url, content=body, headers=headers)

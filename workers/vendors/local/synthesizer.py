@@ -116,10 +116,13 @@ class _Library:
 async def _run_binary(binary: str, text: str, voice: str, rate: int, amplitude: int,
                       pitch: int, timeout: float) -> tuple[np.ndarray, int]:
     """Samples and rate from ``espeak-ng --stdout`` (text on stdin, WAV on stdout)."""
-    proc = await asyncio.create_subprocess_exec(
-        binary, "--stdout", "-v", voice, "-s", str(rate), "-a", str(amplitude), "-p", str(pitch),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            binary, "--stdout", "-v", voice, "-s", str(rate), "-a", str(amplitude), "-p", str(pitch),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+    except OSError as e:
+        raise VendorRejected(f"cannot run {binary}: {e.strerror or e}", vendor="local") from None
     try:
         out, err = await asyncio.wait_for(proc.communicate(text.encode("utf-8")), timeout)
     except TimeoutError:
