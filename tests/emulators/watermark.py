@@ -95,6 +95,8 @@ class Faults:
     drop_after_frames: Callable[[int], int | None] = lambda n: None
     #: answer this error (code, message, retryable) at connect; callable of connection number
     error_at_connect: Callable[[int], tuple[str, str, bool] | None] = lambda n: None
+    #: stop reading and answering (a stalled server) after this many audio frames
+    stall_after_frames: Callable[[int], int | None] = lambda n: None
     #: refuse the handshake with this HTTP status; callable of the handshake number
     refuse_status: Callable[[int], int | None] = lambda n: None
 
@@ -196,6 +198,7 @@ class WatermarkEmulator:
             return
         await ws.send(protocol.READY)
         drop_after = self.faults.drop_after_frames(n)
+        stall_after = self.faults.stall_after_frames(n)
         window = c.rate * self.chunk_ms // 1000
         frame_bytes = 2 * c.channels
         buf = bytearray()
@@ -227,6 +230,9 @@ class WatermarkEmulator:
                         "too-fast", f"audio arrives faster than {self.max_speed}x real time",
                         False))
                     return
+                if stall_after is not None and c.frames >= stall_after:
+                    c.closed_by_fault = True
+                    await ws.wait_closed()  # reads nothing more, so pings go unanswered too
                 if drop_after is not None and c.frames >= drop_after:
                     c.closed_by_fault = True
                     ws.transport.abort()

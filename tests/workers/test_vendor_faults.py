@@ -71,6 +71,22 @@ async def test_random_socket_drops_replay_exactly(
     assert finals[-1][1].end == pytest.approx(15.0)  # times re-based across reconnects
 
 
+async def test_stalled_vendor_is_detected_and_replayed(
+        worker: Transcriber, emulator: WatermarkEmulator, r: aioredis.Redis, keys: Keys,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.vendors.voxqws.recognizer import VoxqWsRecognizer
+
+    monkeypatch.setattr(VoxqWsRecognizer, "ping_interval", 0.3)
+    monkeypatch.setattr(VoxqWsRecognizer, "ping_timeout", 0.5)
+    emulator.faults.stall_after_frames = lambda n: 25 if n == 0 else None
+    await create(r, keys, "stall", vendor="voxq-ws")
+    await publish(r, keys, "stall", watermark_pcm(60))
+    meta = await wait_status(r, keys, "stall")
+    assert meta.status is Status.FINISHED, meta.error
+    assert await transcript_words(r, keys, "stall") == expected_words(60)
+    assert emulator.connections[0].closed_by_fault and len(emulator.connections) == 2
+
+
 async def test_handshake_5xx_is_retried(worker: Transcriber, emulator: WatermarkEmulator,
                                        r: aioredis.Redis, keys: Keys) -> None:
     emulator.faults.refuse_status = lambda n: 503 if n < 2 else None

@@ -46,6 +46,11 @@ class VoxqWsRecognizer(Recognizer):
     """Streams PCM to a voxq-ws server and yields its results."""
 
     name: ClassVar[str] = "voxq-ws"
+    #: a server that stops answering pings (stalled, half-open socket) is dropped and retried
+    ping_interval: ClassVar[float] = 5.0
+    ping_timeout: ClassVar[float] = 10.0
+    #: a server that never says done after finish is retried
+    finish_timeout: ClassVar[float] = 30.0
 
     def __init__(self, config: RecognizerConfig, settings: Settings):
         super().__init__(config, settings)
@@ -70,7 +75,8 @@ class VoxqWsRecognizer(Recognizer):
         try:
             self._ws = await websockets.connect(url, additional_headers=headers,
                                                 compression=None, open_timeout=10,
-                                                max_size=2**20, ping_interval=None)
+                                                max_size=2**20, ping_interval=self.ping_interval,
+                                                ping_timeout=self.ping_timeout)
             first = protocol.decode_server(await asyncio.wait_for(self._ws.recv(), 10))
         except (InvalidHandshake, OSError, TimeoutError) as e:
             raise handshake_error(e, self.name) from e
@@ -139,7 +145,14 @@ class VoxqWsRecognizer(Recognizer):
     async def results(self) -> AsyncIterator[Transcript]:
         """Results until the server says done."""
         while True:
-            item = await self._queue.get()
+            if self._finished and self._queue.empty():
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), self.finish_timeout)
+                except TimeoutError:
+                    raise VendorRetryable(f"no end of results {self.finish_timeout:g}s after "
+                                          "finish", vendor=self.name) from None
+            else:
+                item = await self._queue.get()
             if item is None:
                 return
             if isinstance(item, VendorError):
