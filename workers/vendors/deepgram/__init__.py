@@ -1,0 +1,1 @@
+"""Deepgram live streaming recognition (`deepgram`): a pure protocol module and a session module."""
