@@ -56,13 +56,13 @@ def api_settings(settings: Settings, prefix: str) -> Settings:
 
 @asynccontextmanager
 async def tts_stack(env: dict[str, str], settings: Settings, tmp_path: Path, *emulators: Any,
-                    workers: int = 1, extra: dict[str, str] | None = None,
+                    workers: int = 1, extra: dict[str, str] | None = None, options: tuple[str, ...] = (),
                     ) -> AsyncIterator[tuple[httpx.AsyncClient, list[subprocess.Popen[bytes]]]]:
     """The API and ``workers`` tts-worker processes pointed at ``emulators``."""
     worker_env = dict(extra or {})
     for emulator in emulators:
         worker_env = {**emulator.env(), **worker_env}
-    procs = [start_tts_worker(env, queue=settings.tts_queue, extra=worker_env,
+    procs = [start_tts_worker(env, queue=settings.tts_queue, extra=worker_env, options=options,
                               log=tmp_path / f"worker{i}.log") for i in range(workers)]
     try:
         async with api_client(settings) as client:
@@ -299,14 +299,21 @@ async def test_bad_credentials_fail_without_retry_and_no_secret_leaks(
         assert secret not in everything
 
 
-async def test_job_timeout_follows_the_text_length(env: dict[str, str], api_settings: Settings,
-                                                   tmp_path: Path) -> None:
+@pytest.mark.parametrize("options", [(), ("--no-fork",)], ids=["fork", "no-fork"])
+async def test_job_timeout_follows_the_text_length_and_the_worker_goes_on(
+        env: dict[str, str], api_settings: Settings, tmp_path: Path, options: tuple[str, ...]) -> None:
     short = api_settings.model_copy(update={"tts_job_timeout_base_seconds": 1,
                                             "tts_job_timeout_per_char_seconds": 0.0, "tts_retries": 0})
     async with PollyEmulator(polly.EmulatorConfig(delay=3.0)) as emu, \
-            tts_stack(env, short, tmp_path, emu) as (client, _):
+            tts_stack(env, short, tmp_path, emu, options=options) as (client, _):
         done = await submit_and_wait(client, {"text": "Too slow.", "vendor": "aws"})
         assert done["status"] == "failed" and done["error"] == "timed out after 1s", worker_logs(tmp_path)
+        emu.config.delay = 0.0
+        emu.faults.append(polly.Fault(status=500))  # and a retry still works after the timeout
+        retried = api_settings.model_copy(update={"tts_retries": 1})
+        async with api_client(retried) as other:
+            after = await submit_and_wait(other, {"text": "Fast now.", "vendor": "aws"})
+        assert after["status"] == "finished" and after["attempts"] == 2, worker_logs(tmp_path)
 
 
 async def test_jobs_run_concurrently_across_workers_and_a_batch_zips_in_order(

@@ -70,6 +70,9 @@ def register_tts_worker(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="worker name (default: RQ's host-pid)")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    p.add_argument("--no-fork", action="store_true",
+                   help="run jobs in the worker process (RQ SimpleWorker): less per-job overhead, "
+                        "no isolation between jobs (default: one forked work horse per job)")
     p.set_defaults(func=run_tts_worker)
 
 
@@ -166,19 +169,24 @@ async def _batch(settings: Settings, args: argparse.Namespace) -> int:
 # --- voxq tts-worker --------------------------------------------------------------------------
 
 def _preload_vendors() -> None:
-    """Import every synthesizer in the parent so forked work horses start warm."""
+    """Import every synthesizer (and run its ``warm_up``) in the parent, so forked work horses
+    start warm instead of importing and initialising on every job."""
     from workers.vendors.registry import SYNTHESIZERS
 
     for target in SYNTHESIZERS.values():
         try:
-            importlib.import_module(target.partition(":")[0])
+            module = importlib.import_module(target.partition(":")[0])
         except ImportError as e:  # a vendor whose dependency is missing fails its own jobs only
             log.warning("speech vendor %s cannot load: %s", target, e)
+            continue
+        warm = getattr(module, "warm_up", None)
+        if callable(warm):
+            warm()
 
 
 def run_tts_worker(args: argparse.Namespace) -> int:
     """Work the TTS queue until SIGTERM/SIGINT (RQ's warm shutdown) or, with --burst, empty."""
-    from rq import Queue, Worker
+    from rq import Queue, SimpleWorker, Worker
 
     from workers.tts import jobs
 
@@ -186,9 +194,11 @@ def run_tts_worker(args: argparse.Namespace) -> int:
     with redis_url(settings) as url:
         jobs.configure(url)
         _preload_vendors()
+        jobs.warm_up()
         conn = connect_sync(url)
         queue = Queue(args.queue or settings.tts_queue, connection=conn)
-        worker = Worker([queue], connection=conn, name=args.name)
+        worker_class = SimpleWorker if args.no_fork else Worker
+        worker = worker_class([queue], connection=conn, name=args.name)
         print(f"voxq tts-worker: {worker.name} on queue {queue.name}", file=sys.stderr, flush=True)
         worker.work(with_scheduler=True, burst=args.burst, max_jobs=args.max_jobs,
                     logging_level=settings.log_level.upper())

@@ -418,6 +418,17 @@ def configure(redis_url: str) -> None:
     _redis_url = redis_url
 
 
+def warm_up() -> None:
+    """Load what a job's first run would load lazily (RQ's job context, the MP3 decoder), so
+    forked work horses do not pay for it on every job."""
+    import numpy as np
+    from redis.utils import get_lib_version
+    from rq import get_current_job  # noqa: F401  (imported on failure otherwise)
+
+    get_lib_version()  # every new Redis connection asks importlib.metadata; warm its caches
+    mp3join.duration(mp3join.encode(np.zeros(2400, np.float32), 24000))
+
+
 def is_retryable(exc: BaseException) -> bool:
     """Whether a new attempt can succeed: transient vendor errors, Redis or network trouble."""
     if isinstance(exc, VendorError):

@@ -26,11 +26,12 @@ FAST_WORKER_ENV = {"VOXQ_TTS_VENDOR_TIMEOUT_SECONDS": "15", "VOXQ_LOG_LEVEL": "I
 
 
 def start_tts_worker(env: dict[str, str], *, queue: str, extra: dict[str, str] | None = None,
-                     log: Path | None = None, name: str | None = None) -> subprocess.Popen[bytes]:
+                     log: Path | None = None, name: str | None = None,
+                     options: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     """A `voxq tts-worker` OS process (its own process group, so its scheduler dies with it)."""
     full = {**env, **FAST_WORKER_ENV, "VOXQ_TTS_QUEUE": queue, **(extra or {})}
     out = log.open("ab") if log else subprocess.DEVNULL
-    args = [sys.executable, "-m", "voxq", "tts-worker"] + (["--name", name] if name else [])
+    args = [sys.executable, "-m", "voxq", "tts-worker", *options] + (["--name", name] if name else [])
     return subprocess.Popen(args, env=full, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
