@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from voxq.errors import InvalidInput, InvalidSessionId, RedisUnavailable, UnknownSession
+from voxq.metrics import REDIS_ERRORS
 
 log = logging.getLogger("voxq.api")
 
@@ -47,6 +48,7 @@ async def _on_malformed(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_redis_down(request: Request, exc: Exception) -> JSONResponse:
+    REDIS_ERRORS.labels("api").inc()
     log.warning("Redis unavailable while serving %s: %s", request.url.path, exc)
     return _error(503, "Redis is unavailable; retry later")
 

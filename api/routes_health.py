@@ -6,7 +6,8 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.models import ErrorOut, HealthOut
 from api.state import ApiState, api_state
@@ -37,3 +38,9 @@ async def readyz(state: Annotated[ApiState, Depends(api_state)]) -> HealthOut | 
         return JSONResponse({"detail": f"Redis unreachable: {type(e).__name__}"},
                             status_code=503)
     return HealthOut(status="ready")
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics() -> Response:
+    """Prometheus text exposition of this process's metrics (no auth: scrape from inside)."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -240,3 +240,17 @@ async def test_auth_off_needs_no_header(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v1/sessions")).status_code == 200
     assert (await client.get("/v1/sessions",
                              headers={"Authorization": "Bearer anything"})).status_code == 200
+
+
+async def test_metrics_route_exposes_voxq_metrics(redis_server, settings) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    from api.app import create_app
+
+    app = create_app(settings, redis_server.url)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://t") as c:
+            r = await c.get("/metrics")
+    assert r.status_code == 200
+    assert "voxq_redis_errors_total" in r.text and "voxq_sessions_live" in r.text
