@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
@@ -51,6 +53,11 @@ def _unavailable(sub: argparse._SubParsersAction, name: str, why: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run the subcommand, turn voxq errors into a message and exit 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "tts-worker" in argv[:2] and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # RQ runs each job in a forked process: its metrics survive only in prometheus-client's
+        # multiprocess mode, which must be chosen before prometheus_client is first imported.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="voxq-metrics-")
     args = build_parser().parse_args(argv)
     settings = get_settings()
     logging.basicConfig(

@@ -194,6 +194,10 @@ class Settings(BaseSettings):
         validation_alias=_env("VOLCENGINE_TTS_RESOURCE_ID", "VOXQ_VOLCENGINE_TTS_RESOURCE_ID"),
         description="v3 TTS `X-Api-Resource-Id`; unset: seed-tts-1.0 or -2.0 by the voice's family.")
 
+    tts_metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="Port of the TTS worker's /metrics (unset: off).")
+
     # voxq-ws (self-hosted recognizers speaking voxq's own protocol)
     voxqws_url: str | None = Field(
         default=None, validation_alias=_env("VOXQ_WS_URL"),

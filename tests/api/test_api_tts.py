@@ -442,3 +442,21 @@ def test_parse_range_follows_rfc_9110() -> None:
         with pytest.raises(Exception) as e:
             parse_range(unsatisfiable, 100)
         assert getattr(e.value, "status_code", None) == 416
+
+
+async def test_tts_worker_metrics_count_jobs_run_in_forked_horses(
+        env: dict[str, str], api_settings: Settings, tmp_path: Path) -> None:
+    from voxq.embedded_redis import free_port
+
+    port = free_port()
+    async with tts_stack(env, api_settings, tmp_path, options=("--metrics-port", str(port))) \
+            as (client, _):
+        for text in ("Metrics one.", "Metrics two."):
+            job = await submit_and_wait(client, {"text": text, "vendor": "local", "cache": False})
+            assert job["status"] == "finished"
+        async with httpx.AsyncClient() as scrape:
+            body = (await scrape.get(f"http://127.0.0.1:{port}/metrics")).text
+    finished = [line for line in body.splitlines()
+                if line.startswith('voxq_tts_jobs_total{status="finished"}')]
+    assert finished and float(finished[0].split()[-1]) == 2.0, body[:2000]
+    assert "voxq_tts_job_duration_seconds_count 2.0" in body

@@ -71,6 +71,7 @@ NOT_SETTINGS = {
 BASE_OVERRIDES = {
     "VOXQ_API_HOST": "0.0.0.0",  # the default 127.0.0.1 is unreachable from outside the pod
     "VOXQ_WORKER_HEALTH_PORT": "8081",  # unset = no health server: the probes need one
+    "VOXQ_TTS_METRICS_PORT": "9102",  # unset = no /metrics: Prometheus scrapes the TTS worker
 }
 UVICORN_GRACEFUL_SHUTDOWN_S = 5  # api/cli.py: uvicorn.Config(timeout_graceful_shutdown=5)
 

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,6 +71,8 @@ def register_tts_worker(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="worker name (default: RQ's host-pid)")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve /metrics here (default VOXQ_TTS_METRICS_PORT; unset: off)")
     p.add_argument("--no-fork", action="store_true",
                    help="run jobs in the worker process (RQ SimpleWorker): less per-job overhead, "
                         "no isolation between jobs (default: one forked work horse per job)")
@@ -184,6 +187,16 @@ def _preload_vendors() -> None:
             warm()
 
 
+def _serve_metrics(port: int) -> None:
+    """/metrics of this worker and its forked work horses (prometheus multiprocess mode)."""
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+    start_http_server(port, registry=registry)
+
+
 def run_tts_worker(args: argparse.Namespace) -> int:
     """Work the TTS queue until SIGTERM/SIGINT (RQ's warm shutdown) or, with --burst, empty."""
     from rq import Queue, SimpleWorker, Worker
@@ -199,6 +212,9 @@ def run_tts_worker(args: argparse.Namespace) -> int:
         queue = Queue(args.queue or settings.tts_queue, connection=conn)
         worker_class = SimpleWorker if args.no_fork else Worker
         worker = worker_class([queue], connection=conn, name=args.name)
+        port = args.metrics_port if args.metrics_port is not None else settings.tts_metrics_port
+        if port is not None:
+            _serve_metrics(port)
         print(f"voxq tts-worker: {worker.name} on queue {queue.name}", file=sys.stderr, flush=True)
         worker.work(with_scheduler=True, burst=args.burst, max_jobs=args.max_jobs,
                     logging_level=settings.log_level.upper())

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from voxq.errors import InvalidInput, VoxqError
 from voxq.keys import Keys
+from voxq.metrics import REDIS_ERRORS, TTS_JOB_DURATION, TTS_JOBS
 from voxq.redis_conn import connect
 from voxq.settings import Settings, get_settings
 from workers.tts import mp3join
@@ -476,14 +477,28 @@ async def run_job(job_id: str, prefix: str) -> None:
     if not url:
         raise VoxqError("the TTS worker has no Redis URL (set REDIS_URL)")
     r = connect(url)
+    started = time.monotonic()
     try:
         await _run(r, Keys(prefix), job_id, settings)
+        TTS_JOBS.labels("finished").inc()
     except BaseException as e:
         if not is_retryable(e):
             _no_more_retries()
+        TTS_JOBS.labels("retried" if _retries_left() else "failed").inc()
+        if isinstance(e, redis.RedisError):
+            REDIS_ERRORS.labels("tts").inc()
         raise
     finally:
+        TTS_JOB_DURATION.observe(time.monotonic() - started)
         await r.aclose()
+
+
+def _retries_left() -> int:
+    """Retries RQ will still make of the current job (0 outside a job)."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    return int(getattr(job, "retries_left", 0) or 0) if job is not None else 0
 
 
 def _no_more_retries() -> None:
