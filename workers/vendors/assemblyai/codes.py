@@ -14,6 +14,7 @@ import re
 from typing import Literal
 
 from workers.vendors.base import VendorAuthError, VendorError, VendorRejected, VendorRetryable
+from workers.vendors.redaction import vendor_text
 
 Kind = Literal["auth", "retry", "reject"]
 
@@ -61,13 +62,12 @@ _V3_CODES: dict[int, Kind] = {1008: "auth", 3005: "retry", 3006: "reject", 3007:
 _PROTOCOL_CODES = frozenset({1002, 1003, 1007, 1009, 1010})
 
 
+TOKEN_QUERY = re.compile(r"(token=)[^&\s\"']+")
+
+
 def clean(text: str, secrets: tuple[str, ...] = ()) -> str:
     """One bounded line of vendor text with any echoed secret replaced by ``***``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    text = re.sub(r"(token=)[^&\s\"']+", r"\1***", text)
-    return " ".join(text.split())[:300]
+    return vendor_text(text, secrets, (TOKEN_QUERY,))
 
 
 def make_error(kind: Kind, message: str, vendor: str, code: int | str | None) -> VendorError:

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from voxq import __version__
 from voxq.settings import Settings
-from workers.vendors.assemblyai.codes import close_error, http_error
+from workers.vendors.assemblyai.codes import TOKEN_QUERY, close_error, http_error
 from workers.vendors.assemblyai.protocol_v3 import build_url
 from workers.vendors.assemblyai.tokens import mint_token
 from workers.vendors.base import (
@@ -46,6 +45,7 @@ from workers.vendors.base import (
     VendorRejected,
     VendorRetryable,
 )
+from workers.vendors.redaction import websocket_logger
 
 log = logging.getLogger(__name__)
 
@@ -53,29 +53,8 @@ MAX_SERVER_FRAME = 1 << 20
 """Largest message accepted from the service (Turns are a few KB)."""
 
 
-class RedactSecrets(logging.Filter):
-    """Hide credentials in the websockets library's debug lines (it logs the request line and
-    every header, Authorization included)."""
-
-    _TOKEN = re.compile(r"(token=)[^&\s]+")
-    _HEADERS = frozenset({"authorization", "sec-websocket-protocol"})
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Redact; always keep the record."""
-        args = record.args
-        if isinstance(args, tuple) and len(args) == 2 and isinstance(args[0], str) \
-                and args[0].lower() in self._HEADERS:
-            record.args = (args[0], "***")
-        elif isinstance(args, tuple):
-            record.args = tuple(self._TOKEN.sub(r"\1***", a) if isinstance(a, str) else a
-                                for a in args)
-        if isinstance(record.msg, str) and "token=" in record.msg:
-            record.msg = self._TOKEN.sub(r"\1***", record.msg)
-        return True
-
-
-WS_LOG = logging.getLogger("workers.vendors.assemblyai.websocket")
-WS_LOG.addFilter(RedactSecrets())
+WS_LOG = websocket_logger("workers.vendors.assemblyai",
+                          ("authorization", "sec-websocket-protocol"), (TOKEN_QUERY,))
 
 
 @dataclass(eq=False)

@@ -68,6 +68,7 @@ from workers.vendors.base import (
     VendorRetryable,
     Word,
 )
+from workers.vendors.redaction import vendor_text, websocket_logger
 
 log = logging.getLogger(__name__)
 
@@ -306,16 +307,14 @@ def exception_error(kind: str, message: str) -> VendorError:
     return VendorRejected(message, vendor="aws", code=kind)
 
 
+_SIGNED_QUERY = re.compile(r"(X-Amz-(?:Signature|Security-Token|Credential)=)[^&\s\"']*")
+
+
 def _clean(text: str, secrets: tuple[str, ...]) -> str:
     """One bounded line of vendor text with any echoed secret or canonical request removed."""
     for marker in ("The Canonical String", "The String-to-Sign"):
         text = text.split(marker, 1)[0]
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    text = re.sub(r"(X-Amz-(?:Signature|Security-Token|Credential)=)[^&\s\"']*", r"\1***", text)
-    text = " ".join(text.split())
-    return text[:300]
+    return vendor_text(text, secrets, (_SIGNED_QUERY,))
 
 
 def _handshake_error(status: int, headers: Mapping[str, str], body: bytes,
@@ -340,25 +339,7 @@ def _handshake_error(status: int, headers: Mapping[str, str], body: bytes,
     return VendorRejected(message, vendor="aws", code=code)
 
 
-class _RedactQuery(logging.Filter):
-    """Strip presigned-URL secrets from the websockets library's debug lines (it logs the path)."""
-
-    _PATTERN = re.compile(r"(X-Amz-(?:Signature|Security-Token|Credential)=)[^&\s]*")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Redact the query values in the message and its arguments; keep the record."""
-        if isinstance(record.msg, str) and "X-Amz-" in record.msg:
-            record.msg = self._PATTERN.sub(r"\1***", record.msg)
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                self._PATTERN.sub(r"\1***", a) if isinstance(a, str) and "X-Amz-" in a else a
-                for a in record.args
-            )
-        return True
-
-
-_WS_LOG = logging.getLogger(f"{__name__}.websocket")
-_WS_LOG.addFilter(_RedactQuery())
+_WS_LOG = websocket_logger(__name__, patterns=(_SIGNED_QUERY,))
 
 
 # --- one AWS stream -------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from workers.vendors.base import (
     VendorRetryable,
 )
 from workers.vendors.dashscope.recognizer import handshake_error, task_error
+from workers.vendors.redaction import websocket_logger
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +58,7 @@ MAX_AUDIO_BYTES = 64 << 20
 _SECRET_HEADERS = frozenset({"authorization"})
 
 
-class _RedactHeaders(logging.Filter):
-    """Hide the Authorization value in the websockets library's handshake debug lines."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Replace the value argument of a ``> Authorization: value`` line."""
-        args = record.args
-        if isinstance(args, tuple) and len(args) == 2 and isinstance(args[0], str) \
-                and args[0].lower() in _SECRET_HEADERS:
-            record.args = (args[0], "***")
-        return True
-
-
-_WS_LOG = logging.getLogger(f"{__name__}.websocket")
-_WS_LOG.addFilter(_RedactHeaders())
+_WS_LOG = websocket_logger(__name__, _SECRET_HEADERS)
 
 
 def _dumps(doc: Any) -> str:

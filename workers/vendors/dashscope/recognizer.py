@@ -50,6 +50,7 @@ from workers.vendors.base import (
 )
 from workers.vendors.dashscope import protocol
 from workers.vendors.dashscope.protocol import DashScopeOptions
+from workers.vendors.redaction import vendor_text, websocket_logger
 
 log = logging.getLogger(__name__)
 
@@ -62,28 +63,12 @@ _SECRET_HEADERS = frozenset({"authorization"})
 _NO_SPEECH = "NO_INPUT_AUDIO_ERROR"
 
 
-class _RedactHeaders(logging.Filter):
-    """Hide the Authorization value in the websockets library's handshake debug lines."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Replace the value argument of a ``> Authorization: value`` line."""
-        args = record.args
-        if isinstance(args, tuple) and len(args) == 2 and isinstance(args[0], str) \
-                and args[0].lower() in _SECRET_HEADERS:
-            record.args = (args[0], "***")
-        return True
-
-
-_WS_LOG = logging.getLogger(f"{__name__}.websocket")
-_WS_LOG.addFilter(_RedactHeaders())
+_WS_LOG = websocket_logger(__name__, _SECRET_HEADERS)
 
 
 def _clean(text: str, secrets: tuple[str, ...]) -> str:
     """One bounded line of vendor text with any echoed secret removed."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return " ".join(text.split())[:300]
+    return vendor_text(text, secrets)
 
 
 def task_error(code: str, message: str, secrets: tuple[str, ...] = ()) -> VendorError:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from voxq.records import Transcript, Word
 from workers.vendors.base import VendorAuthError, VendorError, VendorRejected, VendorRetryable
+from workers.vendors.redaction import vendor_text
 
 __all__ = [
     "CLOSE_STREAM",
@@ -356,10 +357,7 @@ def to_transcript(r: Results, channels: int, lead_in: float = 0.0) -> Transcript
 
 def clean(text: str, secrets: tuple[str, ...] = ()) -> str:
     """One bounded line of vendor text with any echoed secret replaced by ``***``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return " ".join(text.split())[:300]
+    return vendor_text(text, secrets)
 
 
 def close_error(code: int | None, reason: str, error_text: str | None = None,

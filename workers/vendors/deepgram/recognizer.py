@@ -42,6 +42,7 @@ from workers.vendors.base import (
     VendorRetryable,
 )
 from workers.vendors.deepgram import protocol as dg
+from workers.vendors.redaction import websocket_logger
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +51,7 @@ __all__ = ["DeepgramRecognizer"]
 MAX_SERVER_FRAME = 1 << 20
 
 
-class _RedactSecrets(logging.Filter):
-    """Hide credentials in the websockets library's debug lines (it logs every header)."""
-
-    _HEADERS = frozenset({"authorization", "sec-websocket-protocol"})
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Redact; always keep the record."""
-        args = record.args
-        if isinstance(args, tuple) and len(args) == 2 and isinstance(args[0], str) \
-                and args[0].lower() in self._HEADERS:
-            record.args = (args[0], "***")
-        return True
-
-
-_WS_LOG = logging.getLogger(f"{__name__}.websocket")
-_WS_LOG.addFilter(_RedactSecrets())
+_WS_LOG = websocket_logger(__name__, ("authorization", "sec-websocket-protocol"))
 
 
 class DeepgramRecognizer(Recognizer):

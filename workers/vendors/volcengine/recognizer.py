@@ -47,6 +47,7 @@ from workers.vendors.base import (
     VendorRetryable,
     Word,
 )
+from workers.vendors.redaction import vendor_text, websocket_logger
 from workers.vendors.volcengine import frames, sauc
 from workers.vendors.volcengine.sauc import VolcengineOptions
 
@@ -60,28 +61,12 @@ MAX_SERVER_FRAME = 4 << 20
 _SECRET_HEADERS = frozenset({"x-api-access-key", "x-api-key", "authorization"})
 
 
-class _RedactHeaders(logging.Filter):
-    """Hide credential header values in the websockets library's handshake debug lines."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Replace the value argument of a ``> Name: value`` line for a secret header."""
-        args = record.args
-        if isinstance(args, tuple) and len(args) == 2 and isinstance(args[0], str) \
-                and args[0].lower() in _SECRET_HEADERS:
-            record.args = (args[0], "***")
-        return True
-
-
-_WS_LOG = logging.getLogger(f"{__name__}.websocket")
-_WS_LOG.addFilter(_RedactHeaders())
+_WS_LOG = websocket_logger(__name__, _SECRET_HEADERS)
 
 
 def _clean(text: str, secrets: tuple[str, ...]) -> str:
     """One bounded line of vendor text with any echoed secret removed."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return " ".join(text.split())[:300]
+    return vendor_text(text, secrets)
 
 
 def frame_error(code: int, message: str, secrets: tuple[str, ...] = ()) -> VendorError:

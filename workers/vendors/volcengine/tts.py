@@ -45,6 +45,7 @@ from workers.vendors.base import (
     VendorRejected,
     VendorRetryable,
 )
+from workers.vendors.redaction import vendor_text, websocket_logger
 from workers.vendors.volcengine import frames
 from workers.vendors.volcengine.frames import Event, Frame, MessageType
 
@@ -73,28 +74,12 @@ V3_RETRYABLE = frozenset({45000292, 55000001, 55000031})
 V3_OK = 20000000
 
 
-class _RedactHeaders(logging.Filter):
-    """Hide credential header values in the websockets library's handshake debug lines."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Replace the value argument of a ``> Name: value`` line for a secret header."""
-        args = record.args
-        if isinstance(args, tuple) and len(args) == 2 and isinstance(args[0], str) \
-                and args[0].lower() in _SECRET_HEADERS:
-            record.args = (args[0], "***")
-        return True
-
-
-_WS_LOG = logging.getLogger(f"{__name__}.websocket")
-_WS_LOG.addFilter(_RedactHeaders())
+_WS_LOG = websocket_logger(__name__, _SECRET_HEADERS)
 
 
 def _clean(text: str, secrets: tuple[str, ...]) -> str:
     """One bounded line of vendor text with any echoed secret removed."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return " ".join(text.split())[:300]
+    return vendor_text(text, secrets)
 
 
 def classify_v1(code: int, message: str) -> type[VendorError]:
