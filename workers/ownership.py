@@ -9,14 +9,17 @@ touches share the session's hash slot, so the scripts run unchanged on Redis Clu
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from voxq.keys import TRANSCRIBERS_GROUP, Keys
 from voxq.records import Status
+from workers.batcher import Batcher, Script
 
 HANDOFF_CONSUMER = "handoff"
 
@@ -91,6 +94,15 @@ class Checkpoint:
     final_end: tuple[int, ...]
 
 
+async def _all(futures: Iterable[asyncio.Future[Any]]) -> list[Any]:
+    """Every reply, in order; the first error raised once all have settled (none unseen)."""
+    out = await asyncio.gather(*futures, return_exceptions=True)
+    for v in out:
+        if isinstance(v, BaseException):
+            raise v
+    return out
+
+
 def _s(v: object) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
@@ -106,21 +118,31 @@ def checkpoint_from_meta(h: Mapping[bytes, bytes], channels: int) -> Checkpoint:
 
 
 class Ownership:
-    """The fenced operations of one worker on the sessions it owns."""
+    """The fenced operations of one worker on the sessions it owns.
 
-    def __init__(self, r: aioredis.Redis, keys: Keys, consumer: str):
+    Per-session writes go through one Batcher: the writes of all sessions that fall due
+    while a round trip is in flight leave together, pipelined (grouped by node on a
+    cluster), on one connection."""
+
+    def __init__(self, r: aioredis.Redis, keys: Keys, consumer: str,
+                 batcher: Batcher | None = None):
         self.r = r
         self.keys = keys
         self.consumer = consumer
-        self._claim = r.register_script(_CLAIM)
-        self._final = r.register_script(_WRITE_FINAL)
-        self._partial = r.register_script(_WRITE_PARTIAL)
-        self._status = r.register_script(_SET_STATUS)
+        self.batcher = batcher or Batcher(r)
+        self._claim = Script.of(_CLAIM)
+        self._final = Script.of(_WRITE_FINAL)
+        self._partial = Script.of(_WRITE_PARTIAL)
+        self._status = Script.of(_SET_STATUS)
+
+    async def aclose(self) -> None:
+        """Stop the batcher and release its connections."""
+        await self.batcher.aclose()
 
     async def claim(self, sid: str) -> int:
         """Take the session: bump and return its epoch. SessionGone if there is nothing to do."""
-        epoch = int(await self._claim(keys=[self.keys.meta(sid)],
-                                      args=[self.consumer, repr(time.time())]))
+        epoch = int(await self.batcher.eval(self._claim, [self.keys.meta(sid)],
+                                            [self.consumer, repr(time.time())]))
         if epoch < 0:
             raise SessionGone(sid)
         return epoch
@@ -134,10 +156,10 @@ class Ownership:
         for k, v in fields.items():
             if k != "seq":
                 flat += [k, v]
-        rc = int(await self._final(
-            keys=[self.keys.meta(sid), self.keys.final(sid), self.keys.audio(sid)],
-            args=[epoch, seq, channel, end_frames, checkpoint, checkpoint_frames,
-                  repr(round(audio_seconds, 3)), repr(time.time()), int(trim), *flat]))
+        rc = int(await self.batcher.eval(
+            self._final, [self.keys.meta(sid), self.keys.final(sid), self.keys.audio(sid)],
+            [epoch, seq, channel, end_frames, checkpoint, checkpoint_frames,
+             repr(round(audio_seconds, 3)), repr(time.time()), int(trim), *flat]))
         if rc == -1:
             raise Fenced(sid)
         if rc == -4:
@@ -149,16 +171,17 @@ class Ownership:
         flat: list[str] = []
         for k, v in fields.items():
             flat += [k, v]
-        ok = int(await self._partial(keys=[self.keys.meta(sid), self.keys.partial(sid)],
-                                     args=[epoch, maxlen, *flat]))
+        ok = int(await self.batcher.eval(self._partial,
+                                         [self.keys.meta(sid), self.keys.partial(sid)],
+                                         [epoch, maxlen, *flat]))
         if ok < 0:
             raise Fenced(sid)
 
     async def set_status(self, sid: str, epoch: int, status: Status, error: str = "",
                          ttl: int = 0) -> None:
         """Write a status (and, for terminal ones, retention TTLs); Fenced if not owner."""
-        ok = int(await self._status(keys=list(self.keys.session_keys(sid)),
-                                    args=[epoch, status.value, error[:2000],
+        ok = int(await self.batcher.eval(self._status, list(self.keys.session_keys(sid)),
+                                         [epoch, status.value, error[:2000],
                                           repr(time.time()), ttl]))
         if ok < 0:
             raise Fenced(sid)
@@ -167,10 +190,8 @@ class Ownership:
         """Current epoch of each session (None where the meta is gone), pipelined."""
         if not sids:
             return []
-        async with self.r.pipeline(transaction=False) as p:
-            for sid in sids:
-                p.hget(self.keys.meta(sid), "epoch")
-            raw = await p.execute()
+        b = self.batcher
+        raw = await _all(b.submit("HGET", self.keys.meta(sid), "epoch") for sid in sids)
         return [None if v is None else int(v) for v in raw]
 
     async def refresh(self, entry_ids: Sequence[str]) -> set[str]:
@@ -190,9 +211,9 @@ class Ownership:
 
     async def ack(self, entry_id: str, sid: str | None = None) -> None:
         """Acknowledge (and delete) a control entry whose session is done; drop it from live."""
-        async with self.r.pipeline(transaction=False) as p:
-            p.xack(self.keys.sessions, TRANSCRIBERS_GROUP, entry_id)
-            p.xdel(self.keys.sessions, entry_id)
-            if sid is not None:
-                p.zrem(self.keys.live, sid)
-            await p.execute()
+        b, k = self.batcher, self.keys
+        calls = [b.submit("XACK", k.sessions, TRANSCRIBERS_GROUP, entry_id),
+                 b.submit("XDEL", k.sessions, entry_id)]
+        if sid is not None:
+            calls.append(b.submit("ZREM", k.live, sid))
+        await _all(calls)

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -37,7 +37,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_ATTEMPTS = 8
+_EOS = b"\0eos"  # _chunk's answer for the end marker (identity-compared, never sent)
 HORIZON_MARGIN_S = 2.0  # how far behind the newest result a silent channel's checkpoint trails
+
+
+def _never(pcm: bytes) -> bool:
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +83,16 @@ class SessionRunner:
         self.finals = meta.finals
         self.pending = [False] * meta.channels  # a partial is open on the channel
         self.horizon = checkpoint.frames  # newest result end seen, in bus frames
-        self._window: deque[tuple[str, int]] = deque()  # (entry id, end frame) since checkpoint
+        # entries relayed since the checkpoint: ids and end frames in two deques of atoms, so
+        # thousands of sessions' windows give the cycle collector nothing to track
+        self._window_ids: deque[bytes] = deque()
+        self._window_ends: deque[int] = deque()
+        self._rate = meta.rate
+        self._frame_bytes = 2 * meta.channels
+        self._max_chunk = meta.max_chunk_bytes
+        self._speed = self._burst = self._t0 = 0.0
+        self._sent = self._offset = self._limit = 0
+        self._send_now: Callable[[bytes], bool] = _never
         self.bad_chunks = 0
         self.attempts = 0
         self.status: Status | None = None
@@ -130,7 +144,8 @@ class SessionRunner:
                                 self.ctx.settings)
         sub = self.ctx.reader.subscribe(self.ctx.keys.audio(self.sid), self.checkpoint.entry_id,
                                         self.ctx.settings.session_queue_chunks)
-        self._window.clear()
+        self._window_ids.clear()
+        self._window_ends.clear()
         self.pending = [False] * m.channels
         offset = self.checkpoint.frames
         try:
@@ -160,52 +175,101 @@ class SessionRunner:
     # --- audio in -----------------------------------------------------------------------
 
     async def _pump(self, rec: Recognizer, sub: Subscription, offset: int) -> Status:
-        """Send audio in order; replay no faster than the vendor allows; stop at eos/idle."""
+        """Send audio in order; replay no faster than the vendor allows; stop at eos/idle.
+
+        Chunks the vendor socket takes at once while this task waits for audio are relayed
+        inline by the reader (``_relay_now``); everything else comes through the inbox."""
         m = self.meta
-        frame_bytes = 2 * m.channels
         conv = (None if rec.input_rate == m.rate
                 else Converter(m.rate, rec.input_rate, m.channels))
-        speed, burst = rec.max_replay_speed, rec.replay_burst_seconds
-        t0 = time.monotonic()
-        sent = 0
+        self._speed, self._burst = rec.max_replay_speed, rec.replay_burst_seconds
+        self._t0 = time.monotonic()
+        self._sent = 0
+        self._offset = offset
+        self._limit = self.ctx.settings.max_session_seconds * m.rate
         idle = self.ctx.settings.idle_timeout_seconds
-        half = sub.limit // 2
-        limit = self.ctx.settings.max_session_seconds * m.rate
-        while True:
-            entry = await sub.get(idle)
-            if len(sub.inbox) == half:
-                self.ctx.reader.poke()
-            if entry is None:
-                log.warning("session %s: no audio for %.0fs: abandoned", self.sid, idle)
-                await self._finish(rec, conv)
-                return Status.ABANDONED
-            eid, fields = entry
+        if conv is None and type(rec).send_nowait is not Recognizer.send_nowait:
+            self._send_now = rec.send_nowait
+            sub.handler = self._relay_now
+        try:
+            while True:
+                entry = await sub.get(idle)
+                if entry is None:
+                    log.warning("session %s: no audio for %.0fs: abandoned", self.sid, idle)
+                    await self._finish(rec, conv)
+                    return Status.ABANDONED
+                eid, fields = entry
+                pcm = self._chunk(eid, fields)
+                if pcm is None:
+                    continue
+                if pcm is _EOS:
+                    sub.handler = None
+                    self.finishing = True
+                    await self._finish(rec, conv)
+                    return Status.FINISHED
+                sent = self._sent + len(pcm) // self._frame_bytes
+                if offset + sent > self._limit:
+                    sub.handler = None
+                    self.error = (f"session is longer than the "
+                                  f"{self.ctx.settings.max_session_seconds} s limit "
+                                  "(VOXQ_MAX_SESSION_SECONDS); audio after it ignored")
+                    await self._finish(rec, conv)
+                    return Status.FAILED
+                self._sent = sent
+                self._window_ids.append(eid)
+                self._window_ends.append(offset + sent)
+                ahead = sent / m.rate - ((time.monotonic() - self._t0) * self._speed + self._burst)
+                if ahead > 0:
+                    await asyncio.sleep(ahead / self._speed)
+                await rec.send(pcm if conv is None
+                               else conv.process(decode_raw(pcm, "s16le", m.channels)))
+        finally:
+            sub.handler = None
+
+    def _chunk(self, eid: bytes, fields: Sequence[bytes]) -> bytes | None:
+        """PCM of a valid audio entry, _EOS for the end marker, None for a malformed entry
+        (skipped and counted: bad input changes nothing)."""
+        if (len(fields) == 4 and fields[0] == b"seq" and fields[2] == b"pcm"
+                and fields[1].isdigit()):
+            pcm = fields[3]
+        else:
             try:
-                chunk = decode_chunk(fields)
+                chunk = decode_chunk(dict(zip(fields[::2], fields[1::2], strict=False)))
             except InvalidInput as e:
                 self._bad_chunk(eid, str(e))
-                continue
+                return None
             if chunk.eos:
-                self.finishing = True
-                await self._finish(rec, conv)
-                return Status.FINISHED
+                return _EOS
             pcm = chunk.pcm
-            if not pcm or len(pcm) % frame_bytes or len(pcm) > m.max_chunk_bytes:
-                self._bad_chunk(eid, f"{len(pcm)} bytes is not 1..{m.max_chunk_bytes} bytes "
-                                     f"of whole {m.channels}-channel s16 frames")
-                continue
-            sent += len(pcm) // frame_bytes
-            if offset + sent > limit:
-                self.error = (f"session is longer than the {self.ctx.settings.max_session_seconds}"
-                              " s limit (VOXQ_MAX_SESSION_SECONDS); audio after it ignored")
-                await self._finish(rec, conv)
-                return Status.FAILED
-            self._window.append((eid, offset + sent))
-            ahead = sent / m.rate - ((time.monotonic() - t0) * speed + burst)
-            if ahead > 0:
-                await asyncio.sleep(ahead / speed)
-            await rec.send(pcm if conv is None
-                           else conv.process(decode_raw(pcm, "s16le", m.channels)))
+        n = len(pcm)
+        if not n or n % self._frame_bytes or n > self._max_chunk:
+            self._bad_chunk(eid, f"{n} bytes is not 1..{self._max_chunk} bytes of whole "
+                                 f"{self.meta.channels}-channel s16 frames")
+            return None
+        return pcm
+
+    def _relay_now(self, eid: bytes, fields: Sequence[bytes]) -> bool:
+        """The reader's inline path: send a well-formed chunk at once if nothing else is due
+        (pacing, length limit, a full socket); False leaves it to ``_pump``, which decides
+        exactly as this does."""
+        if (len(fields) != 4 or fields[0] != b"seq" or fields[2] != b"pcm"
+                or not fields[1].isdigit()):
+            return False
+        pcm = fields[3]
+        n = len(pcm)
+        if not n or n % self._frame_bytes or n > self._max_chunk:
+            return False
+        sent = self._sent + n // self._frame_bytes
+        if self._offset + sent > self._limit:
+            return False
+        if sent / self._rate - ((time.monotonic() - self._t0) * self._speed + self._burst) > 0:
+            return False
+        if not self._send_now(pcm):
+            return False
+        self._sent = sent
+        self._window_ids.append(eid)
+        self._window_ends.append(self._offset + sent)
+        return True
 
     async def _finish(self, rec: Recognizer, conv: Converter | None) -> None:
         if conv is not None:
@@ -214,12 +278,12 @@ class SessionRunner:
                 await rec.send(tail)
         await rec.finish()
 
-    def _bad_chunk(self, eid: str, why: str) -> None:
+    def _bad_chunk(self, eid: bytes, why: str) -> None:
         """Skip a malformed entry (bad input changes nothing) and say so once per session."""
         self.bad_chunks += 1
         if self.bad_chunks == 1 or self.bad_chunks % 100 == 0:
             log.warning("session %s: skipped malformed audio entry %s (%s); %d so far",
-                        self.sid, eid, why, self.bad_chunks)
+                        self.sid, eid.decode(errors="replace"), why, self.bad_chunks)
 
     # --- results out --------------------------------------------------------------------
 
@@ -255,9 +319,11 @@ class SessionRunner:
             for c in range(self.meta.channels)
         )
         ckpt = self.checkpoint
-        while self._window and self._window[0][1] <= safe:
-            eid, frames = self._window.popleft()
-            ckpt = Checkpoint(eid, frames, ())
+        ids, ends = self._window_ids, self._window_ends
+        if ends and ends[0] <= safe:
+            while ends and ends[0] <= safe:
+                eid, frames = ids.popleft(), ends.popleft()
+            ckpt = Checkpoint(eid.decode(), frames, ())
         seq = self.finals
         fields = encode_transcript(t)
         await redis_retry(lambda: self.ctx.ownership.write_final(

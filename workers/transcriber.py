@@ -127,6 +127,7 @@ class Transcriber:
             for t in (tasks[0], *tasks[3:]):
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await own.aclose()
             await self._r.aclose()
             await self._r_read.aclose()
             if health is not None:

@@ -148,6 +148,13 @@ class Recognizer(abc.ABC):
     async def send(self, pcm: bytes) -> None:
         """Send interleaved s16le PCM at ``input_rate`` (any length; the adapter re-chunks)."""
 
+    def send_nowait(self, pcm: bytes) -> bool:
+        """Send PCM at once if the socket takes it without waiting; False: use ``send``.
+
+        Optional fast path (the worker relays a chunk inline instead of waking a task per
+        chunk); adapters that do not override it always get ``send``."""
+        return False
+
     @abc.abstractmethod
     async def finish(self) -> None:
         """No more audio: ask the vendor for its last finals; ``results()`` then ends."""

@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.protocol import State
 
 from voxq.settings import Settings
 from workers.vendors.base import (
@@ -116,9 +117,10 @@ class VoxqWsRecognizer(Recognizer):
             self._queue.put_nowait(VendorRetryable(str(e), vendor=self.name))
 
     async def _keepalive(self) -> None:
-        """Keep the session open through long silences (no audio sent)."""
+        """Keep the session open through long silences (no audio sent); wakes only when a
+        keepalive could be due, not on a fixed tick (thousands of sessions share a core)."""
         while not self._finished:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(max(0.5, KEEPALIVE_AFTER_S - (time.monotonic() - self._last_send)))
             if time.monotonic() - self._last_send >= KEEPALIVE_AFTER_S and self._ws:
                 with contextlib.suppress(ConnectionClosed):
                     await self._ws.send(protocol.KEEPALIVE)
@@ -132,6 +134,19 @@ class VoxqWsRecognizer(Recognizer):
         except ConnectionClosed as e:
             raise VendorRetryable(f"connection lost: {e}", vendor=self.name) from e
         self._last_send = time.monotonic()
+
+    def send_nowait(self, pcm: bytes) -> bool:
+        """One binary frame written straight to the socket when it is open, no fragmented
+        message is being sent and nothing is queued in user space; else False (``send``
+        then waits for room or raises the connection's error)."""
+        ws = self._ws
+        if (ws is None or ws.protocol.state is not State.OPEN or ws.send_in_progress is not None
+                or ws.transport.get_write_buffer_size()):
+            return False
+        ws.protocol.send_binary(pcm)
+        ws.send_data()
+        self._last_send = time.monotonic()
+        return True
 
     async def finish(self) -> None:
         """Ask for the last finals."""
