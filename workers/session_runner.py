@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -29,7 +29,7 @@ from voxq.keys import Keys
 from voxq.records import SessionMeta, Status, Transcript, decode_chunk, encode_transcript
 from voxq.settings import Settings
 from workers.audio_reader import AudioReader, Subscription
-from workers.ownership import Checkpoint, Fenced, Ownership
+from workers.ownership import Checkpoint, Fenced, Ownership, checkpoint_from_meta
 from workers.vendors.base import Recognizer, VendorError, VendorRetryable
 from workers.vendors.registry import create_recognizer
 
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_ATTEMPTS = 8
+RESULTS_DRAIN_S = 5.0  # after a send failure, how long results already on their way may land
 _EOS = b"\0eos"  # _chunk's answer for the end marker (identity-compared, never sent)
 HORIZON_MARGIN_S = 2.0  # how far behind the newest result a silent channel's checkpoint trails
 
@@ -116,6 +117,10 @@ class SessionRunner:
                 self.attempts += 1
                 if e.retryable and self.attempts < MAX_ATTEMPTS:
                     delay = min(0.25 * 2 ** self.attempts, 15.0) * (0.5 + random.random() / 2)
+                    try:
+                        await self._reload()
+                    except Fenced:
+                        return None
                     log.warning("session %s: %s; retry %d in %.1fs from checkpoint %s",
                                 self.sid, e, self.attempts, delay, self.checkpoint.entry_id)
                     await asyncio.sleep(delay)
@@ -137,6 +142,17 @@ class SessionRunner:
         log.info("session %s %s%s", self.sid, status.value, f": {error}" if error else "")
         return status
 
+    async def _reload(self) -> None:
+        """Take checkpoint, final count and per-channel final ends from Redis, the truth after
+        a failed attempt (a write cut short may or may not have landed); Fenced if we lost it."""
+        h: Any = await redis_retry(lambda: self.ctx.r.hgetall(self.ctx.keys.meta(self.sid)),
+                                   f"session {self.sid} reload")
+        if int(h.get(b"epoch", 0) or 0) != self.epoch:
+            raise Fenced(self.sid)
+        self.checkpoint = checkpoint_from_meta(h, self.meta.channels)
+        self.final_end = list(self.checkpoint.final_end)
+        self.finals = int(h.get(b"finals", 0) or 0)
+
     async def _attempt(self) -> Status:
         """One vendor session from the checkpoint to the end of the audio."""
         m = self.meta
@@ -154,6 +170,11 @@ class SessionRunner:
             pump = asyncio.create_task(self._pump(rec, sub, offset))
             done, _ = await asyncio.wait({collector, pump},
                                          return_when=asyncio.FIRST_EXCEPTION)
+            if pump in done and pump.exception() is not None and not collector.done():
+                # The vendor failed while sending: let the results it already produced be
+                # written before the collector is stopped (it usually ends with the error).
+                await asyncio.wait({collector}, timeout=RESULTS_DRAIN_S)
+                done = {pump} | ({collector} if collector.done() else set())
             for t in (pump, collector):
                 if t in done and t.exception() is not None:
                     for other in (pump, collector):
@@ -308,14 +329,16 @@ class SessionRunner:
             self.pending[ch] = False
             if end_frames <= self.final_end[ch]:
                 continue  # already written before a replay
-            self.final_end[ch] = end_frames
             await self._write_final(t, ch, end_frames)
 
     async def _write_final(self, t: Transcript, ch: int, end_frames: int) -> None:
+        """Write one final and move the checkpoint; in-memory state moves only once the write
+        landed, so a write cut short can never make its re-recognised copy look like a duplicate."""
         margin = round(HORIZON_MARGIN_S * self.meta.rate)
+        final_end = list(self.final_end)
+        final_end[ch] = end_frames
         safe = min(
-            self.final_end[c] if self.pending[c] else max(self.final_end[c],
-                                                          self.horizon - margin)
+            final_end[c] if self.pending[c] else max(final_end[c], self.horizon - margin)
             for c in range(self.meta.channels)
         )
         ckpt = self.checkpoint
@@ -328,8 +351,9 @@ class SessionRunner:
         fields = encode_transcript(t)
         await redis_retry(lambda: self.ctx.ownership.write_final(
             self.sid, self.epoch, seq, ch, end_frames, ckpt.entry_id, ckpt.frames,
-            max(self.final_end) / self.meta.rate, fields,
+            max(final_end) / self.meta.rate, fields,
             trim=not self.ctx.settings.keep_audio), f"session {self.sid} final")
+        self.final_end = final_end
         self.finals = seq + 1
         self.attempts = 0  # progress: a later failure starts its backoff afresh
-        self.checkpoint = Checkpoint(ckpt.entry_id, ckpt.frames, tuple(self.final_end))
+        self.checkpoint = Checkpoint(ckpt.entry_id, ckpt.frames, tuple(final_end))

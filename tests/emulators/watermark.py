@@ -95,6 +95,8 @@ class Faults:
     drop_after_frames: Callable[[int], int | None] = lambda n: None
     #: answer this error (code, message, retryable) at connect; callable of connection number
     error_at_connect: Callable[[int], tuple[str, str, bool] | None] = lambda n: None
+    #: close abruptly right after sending a final; callable of the connection number
+    drop_after_final: Callable[[int], bool] = lambda n: False
     #: stop reading and answering (a stalled server) after this many audio frames
     stall_after_frames: Callable[[int], int | None] = lambda n: None
     #: refuse the handshake with this HTTP status; callable of the handshake number
@@ -251,6 +253,10 @@ class WatermarkEmulator:
                         await ws.send(self._result(pending, final))
                         if final:
                             pending = []
+                            if self.faults.drop_after_final(n):
+                                c.closed_by_fault = True
+                                ws.transport.abort()
+                                return
         except ConnectionClosed:
             return
         finally:

@@ -71,6 +71,19 @@ async def test_random_socket_drops_replay_exactly(
     assert finals[-1][1].end == pytest.approx(15.0)  # times re-based across reconnects
 
 
+async def test_vendor_dying_right_after_a_final_loses_no_final(
+        worker: Transcriber, emulator: WatermarkEmulator, r: aioredis.Redis, keys: Keys) -> None:
+    # The final's write races the failed send of the next chunk: the write must land (or be
+    # redone) and the replayed copy must not be taken for a duplicate.
+    emulator.faults.drop_after_final = lambda n: n < 8
+    await create(r, keys, "race", vendor="voxq-ws")
+    await publish(r, keys, "race", watermark_pcm(60))
+    meta = await wait_status(r, keys, "race")
+    assert meta.status is Status.FINISHED, meta.error
+    assert await transcript_words(r, keys, "race") == expected_words(60)
+    assert sum(c.closed_by_fault for c in emulator.connections) == 8
+
+
 async def test_stalled_vendor_is_detected_and_replayed(
         worker: Transcriber, emulator: WatermarkEmulator, r: aioredis.Redis, keys: Keys,
         monkeypatch: pytest.MonkeyPatch) -> None:
