@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from voxq import metrics
 from voxq.audio import Converter, decode_raw
 from voxq.errors import InvalidInput
 from voxq.keys import Keys
@@ -30,13 +31,14 @@ from voxq.records import SessionMeta, Status, Transcript, decode_chunk, encode_t
 from voxq.settings import Settings
 from workers.audio_reader import AudioReader, Subscription
 from workers.ownership import Checkpoint, Fenced, Ownership, checkpoint_from_meta
-from workers.vendors.base import Recognizer, VendorError, VendorRetryable
+from workers.vendors.base import Recognizer, VendorError, VendorRetryable, error_kind
 from workers.vendors.registry import create_recognizer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_ATTEMPTS = 8
+LATENCY_SAMPLE_EVERY = 8  # observe the relay latency of one chunk in this many
 RESULTS_DRAIN_S = 5.0  # after a send failure, how long results already on their way may land
 _EOS = b"\0eos"  # _chunk's answer for the end marker (identity-compared, never sent)
 HORIZON_MARGIN_S = 2.0  # how far behind the newest result a silent channel's checkpoint trails
@@ -64,6 +66,7 @@ async def redis_retry(fn: Callable[[], Awaitable[T]], what: str) -> T:
         try:
             return await fn()
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            metrics.REDIS_ERRORS.labels("worker").inc()
             log.warning("%s: Redis unavailable (%s); retrying", what, e)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
@@ -99,11 +102,25 @@ class SessionRunner:
         self.status: Status | None = None
         self.finishing = False  # end of audio reached: only the vendor's last finals remain
         self.error = ""  # reason of a FAILED status decided by the relay itself
+        self._relayed = 0
 
     # --- the session's life -------------------------------------------------------------
 
     async def run(self) -> Status | None:
         """Relay until the end; return the terminal status written, None if fenced."""
+        metrics.SESSIONS_CLAIMED.inc()
+        if self.epoch > 1:  # someone owned it before: a takeover or a hand-off
+            metrics.TAKEOVERS.inc()
+        metrics.SESSIONS_LIVE.inc()
+        try:
+            status = await self._run()
+        finally:
+            metrics.SESSIONS_LIVE.dec()
+        if status is not None:
+            metrics.SESSIONS_FINISHED.labels(status.value).inc()
+        return status
+
+    async def _run(self) -> Status | None:
         error = ""
         while True:
             try:
@@ -114,6 +131,7 @@ class SessionRunner:
                 log.warning("session %s: ownership lost; stopping without writing", self.sid)
                 return None
             except VendorError as e:
+                metrics.VENDOR_ERRORS.labels(self.meta.vendor, error_kind(e)).inc()
                 self.attempts += 1
                 if e.retryable and self.attempts < MAX_ATTEMPTS:
                     delay = min(0.25 * 2 ** self.attempts, 15.0) * (0.5 + random.random() / 2)
@@ -166,6 +184,9 @@ class SessionRunner:
         offset = self.checkpoint.frames
         try:
             await rec.start()
+            metrics.VENDOR_CONNECTS.labels(m.vendor).inc()
+            if self.attempts:
+                metrics.VENDOR_RECONNECTS.labels(m.vendor).inc()
             collector = asyncio.create_task(self._collect(rec, offset))
             pump = asyncio.create_task(self._pump(rec, sub, offset))
             done, _ = await asyncio.wait({collector, pump},
@@ -244,8 +265,19 @@ class SessionRunner:
                     await asyncio.sleep(ahead / self._speed)
                 await rec.send(pcm if conv is None
                                else conv.process(decode_raw(pcm, "s16le", m.channels)))
+                self._count(eid, len(pcm))
         finally:
             sub.handler = None
+
+    def _count(self, eid: bytes, nbytes: int) -> None:
+        """Relay metrics of one chunk; latency (from the entry id's XADD time) is sampled."""
+        metrics.CHUNKS_RELAYED.inc()
+        metrics.BYTES_RELAYED.inc(nbytes)
+        self._relayed += 1
+        if not self._relayed % LATENCY_SAMPLE_EVERY:
+            ms = eid.partition(b"-")[0]
+            if ms.isdigit():
+                metrics.RELAY_LATENCY.observe(max(0.0, time.time() - int(ms) / 1000))
 
     def _chunk(self, eid: bytes, fields: Sequence[bytes]) -> bytes | None:
         """PCM of a valid audio entry, _EOS for the end marker, None for a malformed entry
@@ -287,6 +319,7 @@ class SessionRunner:
             return False
         if not self._send_now(pcm):
             return False
+        self._count(eid, n)
         self._sent = sent
         self._window_ids.append(eid)
         self._window_ends.append(self._offset + sent)

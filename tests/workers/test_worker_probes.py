@@ -33,3 +33,41 @@ async def test_health_ready_and_metrics_then_not_ready_while_draining(settings: 
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def test_worker_metrics_count_sessions_chunks_and_vendor_connects(settings: Settings) -> None:
+    from prometheus_client import REGISTRY
+
+    from tests.emulators.watermark import WatermarkEmulator, watermark_pcm
+    from tests.support import create, publish, wait_status
+    from voxq.keys import Keys
+    from voxq.redis_conn import connect
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels or None) or 0.0
+
+    keys = Keys(settings.prefix)
+    before = {n: value(n) for n in ("voxq_chunks_relayed_total", "voxq_sessions_claimed_total")}
+    finished = value("voxq_sessions_finished_total", status="finished")
+    connects = value("voxq_vendor_connects_total", vendor="voxq-ws")
+    with WatermarkEmulator() as emu:
+        assert settings.redis_url
+        w = Transcriber(settings.model_copy(update={"voxqws_url": emu.url}), settings.redis_url,
+                        name="metrics")
+        stop = asyncio.Event()
+        task = asyncio.create_task(w.run(stop))
+        r = connect(settings.redis_url)
+        try:
+            await create(r, keys, "m1", vendor="voxq-ws")
+            await publish(r, keys, "m1", watermark_pcm(30))
+            await wait_status(r, keys, "m1")
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+            await r.aclose()
+    assert value("voxq_chunks_relayed_total") - before["voxq_chunks_relayed_total"] == 30
+    assert value("voxq_sessions_claimed_total") - before["voxq_sessions_claimed_total"] == 1
+    assert value("voxq_sessions_finished_total", status="finished") - finished == 1
+    assert value("voxq_vendor_connects_total", vendor="voxq-ws") - connects == 1
+    assert value("voxq_sessions_live") == 0
+    assert value("voxq_relay_latency_seconds_count") >= 30 // 8

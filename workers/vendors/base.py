@@ -32,6 +32,7 @@ __all__ = [
     "VendorRejected",
     "VendorRetryable",
     "Word",
+    "error_kind",
 ]
 
 
@@ -66,6 +67,13 @@ class VendorRejected(VendorError):
 
 class VendorAuthError(VendorRejected):
     """Credentials missing, wrong or expired."""
+
+
+def error_kind(e: VendorError) -> str:
+    """The class of a vendor error as a metric label: retryable, auth or rejected."""
+    if e.retryable:
+        return "retryable"
+    return "auth" if isinstance(e, VendorAuthError) else "rejected"
 
 
 class VendorOptionError(InvalidInput):
