@@ -57,6 +57,10 @@ class Settings(BaseSettings):
         description="Port of the worker's /healthz, /readyz and /metrics (unset: off).")
     session_queue_chunks: int = Field(
         default=50, ge=2, description="Chunks buffered per session before backpressure.")
+    read_window_ms: float = Field(
+        default=5.0, ge=0.5, le=200.0,
+        description="Least time between two audio reads of a worker (batching window): relay "
+                    "latency grows by up to this much, Redis and worker CPU per read shrink.")
 
     # Producer
     producer_buffer_chunks: int = Field(

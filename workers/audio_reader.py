@@ -216,9 +216,11 @@ class AudioReader:
     allows (one XREAD standalone; one pipelined write per node on a cluster)."""
 
     def __init__(self, r: aioredis.Redis | RedisCluster, count: int = 16,
-                 window_ms: float = 10.0, idle_ms: float = 100.0):
+                 window_ms: float = 5.0, idle_ms: float = 100.0, max_entries: int = 4096):
         self.r = r
         self.count = count
+        #: streams named per read at most, so one reply holds at most ``max_entries`` entries
+        self.max_streams = max(1, max_entries // count)
         self.window_ms = window_ms
         self.idle_ms = idle_ms
         self.cluster = isinstance(r, RedisCluster)
@@ -268,11 +270,14 @@ class AudioReader:
         self._wake.set()
 
     def _take_due(self, now: float) -> tuple[list[Subscription], float]:
-        """Pop the subscriptions due by ``now``; also when the next one falls due."""
+        """Pop the subscriptions due by ``now``, earliest first and at most ``max_streams``
+        (a worker that fell behind must not ask for every backlog at once); also when the
+        next one falls due."""
         heap = self._heap
         subs = self._subs
         due: list[Subscription] = []
-        while heap and heap[0][0] <= now:
+        cap = self.max_streams
+        while heap and heap[0][0] <= now and len(due) < cap:
             _, ticket, sub = heapq.heappop(heap)
             if sub.ticket == ticket and sub.active and not sub.paused and subs.get(sub.key) is sub:
                 due.append(sub)
@@ -290,7 +295,7 @@ class AudioReader:
             while True:
                 now = _now_ms()
                 wait = last + self.window_ms - now
-                if wait > 0:
+                if wait > 0 and not (self._heap and self._heap[0][0] <= last):
                     await asyncio.sleep(wait / 1000)
                     now = _now_ms()
                 due, next_due = self._take_due(now)

@@ -96,7 +96,7 @@ class Transcriber:
         self._r = connect(self.redis_url)
         self._r_read = connect(self.redis_url)  # the blocking XREADs get their own socket
         own = Ownership(self._r, self.keys, self.name)
-        reader = AudioReader(self._r_read)
+        reader = AudioReader(self._r_read, window_ms=self.settings.read_window_ms)
         ctx = Context(self._r, self.keys, self.settings, own, reader)
         r = self._r
         await redis_retry(lambda: ensure_group(r, self.keys), "consumer group")

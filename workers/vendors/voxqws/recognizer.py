@@ -27,6 +27,7 @@ from workers.vendors.base import (
 from workers.vendors.voxqws import protocol
 
 KEEPALIVE_AFTER_S = 5.0
+_MASKS = protocol.MaskSource()
 
 
 def handshake_error(e: Exception, vendor: str) -> VendorError:
@@ -137,14 +138,16 @@ class VoxqWsRecognizer(Recognizer):
 
     def send_nowait(self, pcm: bytes) -> bool:
         """One binary frame written straight to the socket when it is open, no fragmented
-        message is being sent and nothing is queued in user space; else False (``send``
-        then waits for room or raises the connection's error)."""
+        message is being sent, nothing is queued in user space and no extension was
+        negotiated; else False (``send`` then waits for room or raises the connection's
+        error). The frame is built here, with a mask from a pooled strong random source, so
+        a chunk costs one socket write and no per-frame getrandom call."""
         ws = self._ws
         if (ws is None or ws.protocol.state is not State.OPEN or ws.send_in_progress is not None
+                or ws.protocol.extensions or ws.protocol.expect_continuation_frame
                 or ws.transport.get_write_buffer_size()):
             return False
-        ws.protocol.send_binary(pcm)
-        ws.send_data()
+        ws.transport.write(protocol.client_binary_frame(pcm, _MASKS.next()))
         self._last_send = time.monotonic()
         return True
 
