@@ -18,7 +18,7 @@ from voxq.keys import TRANSCRIBERS_GROUP, Keys, validate_session_id
 from voxq.records import SessionMeta, Transcript, decode_transcript
 
 # Creates the meta hash only if the session does not exist yet (one slot: cluster-safe).
-_CREATE_META = """
+CREATE_META = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
@@ -34,14 +34,20 @@ async def ensure_group(r: aioredis.Redis, keys: Keys) -> None:
             raise
 
 
-async def create_session(r: aioredis.Redis, keys: Keys, meta: SessionMeta) -> SessionMeta:
-    """Write meta, index and control entry for a new session; SessionExists if it is taken."""
+def stamped(meta: SessionMeta) -> tuple[SessionMeta, list[str]]:
+    """The meta of a session being created (times set) and its hash as CREATE_META's ARGV."""
     now = time.time()
     meta = meta.with_(created=meta.created or now, updated=now)
     flat: list[str] = []
     for k, v in meta.to_hash().items():
         flat += [k, v]
-    created = await r.eval(_CREATE_META, 1, keys.meta(meta.session_id), *flat)
+    return meta, flat
+
+
+async def create_session(r: aioredis.Redis, keys: Keys, meta: SessionMeta) -> SessionMeta:
+    """Write meta, index and control entry for a new session; SessionExists if it is taken."""
+    meta, flat = stamped(meta)
+    created = await r.eval(CREATE_META, 1, keys.meta(meta.session_id), *flat)
     if not created:
         raise SessionExists(f"session {meta.session_id!r} already exists")
     await ensure_group(r, keys)

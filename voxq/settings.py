@@ -23,6 +23,17 @@ class Settings(BaseSettings):
         validation_alias=_env("REDIS_URL", "VOXQ_REDIS_URL"),
         description="Redis to use; unset starts an embedded redis-server.",
     )
+    rq_redis_url: str | None = Field(
+        default=None,
+        description="Single Redis for RQ (the TTS queue); default REDIS_URL, required when "
+                    "REDIS_URL is a cluster (redis+cluster://).")
+    wait_replicas: int = Field(
+        default=0, ge=0, le=16,
+        description="Producers count audio as delivered only once this many replicas have it "
+                    "(WAIT after each write); 0: when the primary has it.")
+    wait_timeout_ms: int = Field(
+        default=1000, ge=1, le=60000,
+        description="How long one WAIT for replicas may block before the write is retried.")
     prefix: str = Field(default="voxq", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
                         description="Key prefix of every key voxq writes.")
 
