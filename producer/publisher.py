@@ -18,6 +18,24 @@ Delivery contract (DESIGN.md invariant 1, "nothing acknowledged is lost"):
 * The Redis client is built with redis-py's own retries turned off: redis-py replays a whole
   pipeline after a connection error, which would duplicate chunks the server had applied.
 
+Replicas (``wait_replicas``, ``VOXQ_WAIT_REPLICAS``): Redis replicates asynchronously, so a
+primary that dies right after answering an XADD can take the chunk with it when a replica is
+promoted (Redis Cluster failover, Sentinel). With ``wait_replicas = N`` every pipeline ends
+with ``WAIT N timeout`` on the same connection, and its chunks count as delivered only when
+N replicas have them. A WAIT that falls short leaves them buffered and is treated like an
+uncertain failure: the resync reads the stream, and the chunks found there are acknowledged
+only after a replication barrier (a write that changes nothing, then WAIT, on one connection)
+confirms they reached the replicas; those a promoted replica lacks are sent again. A primary
+with fewer live replicas than N (one died and has not come back) is held to the replicas it
+has: there is then no replica to fail over to, and its own AOF is what keeps the data.
+Session creation (meta, index, control entry) is confirmed the same way.
+
+Redis Cluster: every key of the session shares one hash slot, so the audio writes go through a
+plain connection to the primary serving that slot (WAIT must follow the writes on their own
+connection, which a cluster client does not promise); MOVED, READONLY, CLUSTERDOWN or a
+connection error refresh the slot map and the next attempt goes to whichever node serves the
+slot then.
+
 The resync is exact when the failed connection's commands can no longer run after it: Redis
 restarted, the connection was reset, or the server processed them before the resync's read
 (Redis serves the older connection first). A pipeline delayed in the network for longer than
@@ -35,21 +53,22 @@ import threading
 import time
 from collections import deque
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from voxq.audio import Chunker, chunk_bytes_for
-from voxq.errors import InvalidAudio, InvalidInput, RedisUnavailable, VoxqError
+from voxq.errors import InvalidAudio, InvalidInput, RedisUnavailable, SessionExists, VoxqError
 from voxq.keys import Keys
 from voxq.records import SessionMeta, decode_chunk, encode_chunk, encode_eos
-from voxq.redis_conn import check_reachable, connect, redact_url
-from voxq.sessions import create_session
+from voxq.redis_conn import check_reachable, connect, connect_node, is_cluster_url, redact_url
+from voxq.sessions import CREATE_META, create_session, ensure_group, stamped
 from voxq.settings import Settings, get_settings
 
 log = logging.getLogger("voxq.producer")
@@ -58,7 +77,25 @@ T = TypeVar("T")
 
 #: error replies that say "not now" (the command was not applied): retry them
 _TRANSIENT_REPLIES = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
-                      "NOREPLICAS", "BUSY")
+                      "NOREPLICAS", "BUSY", "MOVED", "ASK")
+#: the same replies as redis-py parses them (the code is not part of the message then)
+_TRANSIENT_ERRORS = (rexc.OutOfMemoryError, rexc.ReadOnlyError, rexc.BusyLoadingError,
+                     rexc.MasterDownError, rexc.TryAgainError, rexc.ClusterDownError,
+                     rexc.AskError)  # MovedError is an AskError
+
+# A write that changes nothing but replicates (it sets a field to the value it has), so that a
+# WAIT after it on the same connection covers every write the primary made before it (from
+# Redis 7 a connection's WAIT offset moves only with its own replicated commands).
+_BARRIER = """
+local v = redis.call('HGET', KEYS[1], 'created')
+if v then redis.call('HSET', KEYS[1], 'created', v) end
+return v and 1 or 0
+"""
+
+
+class ReplicasBehind(rexc.RedisError):
+    """WAIT timed out with fewer replicas than asked: the primary has the writes, the replicas
+    may not (treated as uncertain: resync, confirm, resend what is missing)."""
 
 
 def session_meta(session_id: str, vendor: str = "local", language: str = "en-US",
@@ -83,12 +120,13 @@ def validate_vendor(meta: SessionMeta) -> None:
 
 def _is_uncertain(e: BaseException) -> bool:
     """True if a failure may have happened after Redis applied the commands."""
-    return isinstance(e, rexc.ConnectionError | rexc.TimeoutError | OSError | TimeoutError)
+    return isinstance(e, rexc.ConnectionError | rexc.TimeoutError | OSError | TimeoutError
+                      | ReplicasBehind | rexc.RedisClusterException)
 
 
 def _is_transient(e: BaseException) -> bool:
     """True if retrying the same write later can succeed."""
-    if _is_uncertain(e):
+    if _is_uncertain(e) or isinstance(e, _TRANSIENT_ERRORS):
         return True
     return isinstance(e, rexc.ResponseError) and str(e).upper().startswith(_TRANSIENT_REPLIES)
 
@@ -106,6 +144,11 @@ class PublisherStats:
     resyncs: int = 0           # XREVRANGE checks after an uncertain failure
     skipped: int = 0           # chunks found already written on resync (not resent)
     send_waits: int = 0        # times send() had to wait for buffer space
+    lost: int = 0              # acknowledged chunks a resync found missing (Redis lost them)
+    lost_seqs: list[tuple[int, int]] = field(default_factory=list)  # their seq ranges
+    waits: int = 0             # WAITs that confirmed writes (wait_replicas > 0)
+    wait_shortfalls: int = 0   # WAITs that timed out short of wait_replicas
+    degraded_waits: int = 0    # WAITs accepted short of wait_replicas: fewer replicas were live
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +168,17 @@ class Publisher:
     def __init__(self, url: str, *, settings: Settings | None = None, keys: Keys | None = None,
                  buffer_chunks: int | None = None, retry_timeout: float | None = 60.0,
                  socket_timeout: float = 10.0, backoff_min: float = 0.05,
-                 backoff_max: float = 2.0) -> None:
+                 backoff_max: float = 2.0, wait_replicas: int | None = None,
+                 wait_timeout_ms: int | None = None) -> None:
         self.settings = settings or get_settings()
         self.url = url
+        self.wait_replicas = (self.settings.wait_replicas if wait_replicas is None
+                              else wait_replicas)
+        self.wait_timeout_ms = (self.settings.wait_timeout_ms if wait_timeout_ms is None
+                                else wait_timeout_ms)
+        if self.wait_replicas < 0 or self.wait_timeout_ms < 1:
+            raise InvalidInput("wait_replicas must be >= 0 and wait_timeout_ms >= 1")
+        self.cluster = is_cluster_url(url)
         self.keys = keys or Keys(self.settings.prefix)
         self.capacity = buffer_chunks or self.settings.producer_buffer_chunks
         if self.capacity < 1:
@@ -138,7 +189,10 @@ class Publisher:
         self.stats = PublisherStats()
         self.meta: SessionMeta | None = None
         self._r: aioredis.Redis | None = None
+        self._node: aioredis.Redis | None = None  # cluster: the primary of the session's slot
+        self._node_stale = False  # cluster: refresh the slot map before the next write
         self._audio_key = ""
+        self._meta_key = ""
         self._chunker: Chunker | None = None
         self._frame = 2
         self._max_bytes = 0
@@ -189,21 +243,24 @@ class Publisher:
             raise InvalidInput("this publisher has already been opened")
         meta = session_meta(session_id, vendor, language, rate, channels,
                             chunk_ms or self.settings.default_chunk_ms, options)
-        r = connect(self.url, retry=Retry(NoBackoff(), 0), socket_timeout=self.socket_timeout)
+        r = connect(self.url, retry=Retry(NoBackoff(), 0), socket_timeout=self._socket_timeout())
+        self._r = r
         try:
             await check_reachable(r, self.url)
-            meta = await create_session(r, self.keys, meta)
-        except RedisUnavailable:
-            await r.aclose()
+            if self.wait_replicas:
+                meta = await self._create_confirmed(meta)
+            else:
+                meta = await create_session(r, self.keys, meta)
+        except BaseException as e:
+            await self._disconnect()
+            if isinstance(e, rexc.ConnectionError | rexc.TimeoutError | OSError
+                          | rexc.RedisClusterException) and not isinstance(e, RedisUnavailable):
+                raise RedisUnavailable(
+                    f"cannot reach Redis at {redact_url(self.url)}: {e}") from e
             raise
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as e:
-            await r.aclose()
-            raise RedisUnavailable(f"cannot reach Redis at {redact_url(self.url)}: {e}") from e
-        except BaseException:
-            await r.aclose()
-            raise
-        self._r, self.meta = r, meta
+        self.meta = meta
         self._audio_key = self.keys.audio(meta.session_id)
+        self._meta_key = self.keys.meta(meta.session_id)
         self._chunker = Chunker(chunk_bytes_for(meta.rate, meta.channels, meta.chunk_ms))
         self._frame = 2 * meta.channels
         self._max_bytes = self.settings.max_session_seconds * meta.bytes_per_second
@@ -387,6 +444,8 @@ class Publisher:
                 raise
             except Exception as e:
                 self.stats.failures += 1
+                if not isinstance(e, ReplicasBehind):  # the node is fine, its replicas slow
+                    await self._drop_node()
                 now = time.monotonic()
                 failing_since = failing_since or now
                 if not _is_transient(e):
@@ -407,14 +466,125 @@ class Publisher:
                 continue
             failing_since, backoff = None, self.backoff_min
 
-    async def _write(self, batch: list[_Item]) -> None:
-        """One pipeline of XADDs; acknowledge the answered prefix, raise the first error."""
+    def _socket_timeout(self) -> float:
+        """Socket timeout that leaves room for a WAIT to time out by itself first."""
+        return max(self.socket_timeout, self.wait_timeout_ms / 1000 + 5 if self.wait_replicas
+                   else 0.0)
+
+    async def _writer(self) -> aioredis.Redis:
+        """The client the audio goes through: the main one, or on a cluster a plain client on
+        the primary serving the session's slot (found again after a failure)."""
         assert self._r is not None
-        async with self._r.pipeline(transaction=False) as p:
+        if not self.cluster:
+            return self._r
+        if self._node is None:
+            self._node = await self._node_client(self._meta_key or self._audio_key,
+                                                 refresh=self._node_stale)
+            self._node_stale = False
+        return self._node
+
+    async def _node_client(self, key: str, refresh: bool) -> aioredis.Redis:
+        """A plain client on the cluster node serving ``key`` now."""
+        rc: Any = self._r
+        assert isinstance(rc, RedisCluster)
+        try:
+            if refresh:
+                await rc.nodes_manager.initialize()
+            node = rc.get_node_from_key(key)
+        except rexc.RedisError:
+            raise
+        except Exception as e:  # the slot map cannot be read right now
+            raise rexc.ConnectionError(f"cluster slot map unavailable: {e}") from e
+        if node is None:
+            raise rexc.ConnectionError(f"no cluster node serves {key}")
+        return connect_node(self.url, node.host, int(node.port), retry=Retry(NoBackoff(), 0),
+                            socket_timeout=self._socket_timeout())
+
+    async def _drop_node(self) -> None:
+        """Forget the cluster node (after a failure): the next write finds the slot again."""
+        if not self.cluster:
+            return
+        self._node_stale = True
+        node, self._node = self._node, None
+        if node is not None:
+            with contextlib.suppress(Exception):
+                await node.aclose()
+
+    async def _confirm(self, r: aioredis.Redis, acked: Any) -> None:
+        """Check a WAIT's answer against ``wait_replicas``; ReplicasBehind if it fell short
+        while the primary had that many live replicas (see the module docstring)."""
+        if isinstance(acked, BaseException):
+            raise acked
+        got = int(acked)
+        if got >= self.wait_replicas:
+            self.stats.waits += 1
+            return
+        role: Any = await r.execute_command("ROLE")
+        live = len(role[2]) if role and role[0] in (b"master", "master") else 0
+        if got >= min(self.wait_replicas, live):
+            self.stats.waits += 1
+            self.stats.degraded_waits += 1
+            if self.stats.degraded_waits == 1 or self.stats.degraded_waits % 100 == 0:
+                log.warning("%d replica(s) confirmed session %s's audio, fewer than the %d "
+                            "asked: its primary has only %d live replica(s) now", got,
+                            self.meta.session_id if self.meta else "(new)",
+                            self.wait_replicas, live)
+            return
+        self.stats.wait_shortfalls += 1
+        raise ReplicasBehind(f"{got} of {self.wait_replicas} replica(s) confirmed the writes "
+                             f"within {self.wait_timeout_ms} ms ({live} live)")
+
+    async def _create_confirmed(self, meta: SessionMeta) -> SessionMeta:
+        """create_session's writes, each confirmed by WAIT on its own connection."""
+        assert self._r is not None
+        meta, flat = stamped(meta)
+        sid = meta.session_id
+        mkey = self.keys.meta(sid)
+        created = await self._confirmed(mkey, lambda p: p.eval(CREATE_META, 1, mkey, *flat))
+        if not created:
+            raise SessionExists(f"session {sid!r} already exists")
+        await ensure_group(self._r, self.keys)
+        await self._confirmed(self.keys.index,
+                              lambda p: p.zadd(self.keys.index, {sid: meta.created}))
+        await self._confirmed(self.keys.sessions, lambda p: p.xadd(self.keys.sessions,
+                                                                   {"sid": sid}))
+        return meta
+
+    async def _confirmed(self, key: str, command: Any) -> Any:
+        """One write and WAIT in one pipeline on the node serving ``key``; its reply."""
+        assert self._r is not None
+        r = await self._node_client(key, refresh=False) if self.cluster else self._r
+        try:
+            async with r.pipeline(transaction=False) as p:
+                command(p)
+                p.wait(self.wait_replicas, self.wait_timeout_ms)
+                reply, acked = await p.execute()
+            try:
+                await self._confirm(r, acked)
+            except ReplicasBehind as e:
+                raise PublishFailed(f"Redis stored session data at {key} but {e}; not starting "
+                                    "a session its primary's failure could lose") from e
+            return reply
+        finally:
+            if r is not self._r:
+                await r.aclose()
+
+    async def _write(self, batch: list[_Item]) -> None:
+        """One pipeline of XADDs (then WAIT when replicas must confirm); acknowledge the
+        answered prefix, raise the first error."""
+        r = await self._writer()
+        async with r.pipeline(transaction=False) as p:
             for item in batch:
                 p.xadd(self._audio_key, dict(item.fields))  # type: ignore[arg-type]
+            if self.wait_replicas:
+                p.wait(self.wait_replicas, self.wait_timeout_ms)
             results = await p.execute(raise_on_error=False)
         self.stats.pipelines += 1
+        if self.wait_replicas:
+            acked = results.pop()
+            if isinstance(acked, BaseException):  # e.g. a replica answering: nothing counts
+                raise next((x for x in results if isinstance(x, BaseException)), acked)
+            await self._confirm(r, acked)  # ReplicasBehind: nothing counts as delivered yet
         ok = 0
         while ok < len(results) and not isinstance(results[ok], BaseException):
             ok += 1
@@ -430,14 +600,27 @@ class Publisher:
             raise results[ok]
 
     async def _resync(self) -> None:
-        """After an uncertain failure, drop buffered chunks the stream already holds."""
-        assert self._r is not None
+        """After an uncertain failure, drop buffered chunks the stream already holds (once
+        replicas confirm them, when they must)."""
+        r = await self._writer()
         self.stats.resyncs += 1
-        entries = await self._r.xrevrange(self._audio_key, "+", "-", count=1)
+        async with r.pipeline(transaction=False) as p:
+            p.xrevrange(self._audio_key, "+", "-", count=1)
+            if self.wait_replicas:
+                p.eval(_BARRIER, 1, self._meta_key)
+                p.wait(self.wait_replicas, self.wait_timeout_ms)
+            replies = await p.execute()
+        entries = replies[0]
+        if self.wait_replicas:
+            await self._confirm(r, replies[-1])
         last = decode_chunk(entries[0][1] or {}).seq if entries else -1
-        if last < self.stats.acked_seq:
+        gap = (last + 1, self.stats.acked_seq)
+        if last < self.stats.acked_seq and gap not in self.stats.lost_seqs:  # count it once
+            self.stats.lost += self.stats.acked_seq - last
+            self.stats.lost_seqs.append(gap)
             log.error("stream %s ends at seq %d but seq %d was acknowledged: Redis lost "
-                      "acknowledged writes (persistence off?)", self._audio_key, last,
+                      "acknowledged writes (persistence off, or a failover to a replica that "
+                      "had not received them: see wait_replicas)", self._audio_key, last,
                       self.stats.acked_seq)
         n = 0
         for item in self._pending:
@@ -450,6 +633,7 @@ class Publisher:
             await self._ack(n)
 
     async def _disconnect(self) -> None:
+        await self._drop_node()
         if self._r is not None:
             r, self._r = self._r, None
             with contextlib.suppress(Exception):
