@@ -12,13 +12,16 @@ from api.auth import require_key
 from api.state import ApiOptions, ApiState
 from voxq import __version__
 from voxq.keys import Keys
-from voxq.redis_conn import connect
+from voxq.redis_conn import connect, rq_url
 from voxq.settings import Settings
 
 
 def create_app(settings: Settings, redis_url: str,
                options: ApiOptions | None = None) -> FastAPI:
-    """Build the API for one Redis; the client opens at startup and closes at shutdown."""
+    """Build the API for one Redis; the client opens at startup and closes at shutdown.
+    InvalidInput at once if the TTS queue has no usable Redis (a cluster without
+    VOXQ_RQ_REDIS_URL)."""
+    rq_url(settings, redis_url)
     state = ApiState(settings=settings, keys=Keys(settings.prefix), redis_url=redis_url,
                      options=options or ApiOptions())
 

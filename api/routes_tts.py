@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.state import ApiState, api_state, redis_of
 from voxq.errors import InvalidInput
-from voxq.redis_conn import connect_sync
+from voxq.redis_conn import connect_sync, rq_url
 from workers.tts import jobs
 from workers.tts.cache import TtsCache
 from workers.tts.jobs import Plan, TextTooLong, TooManyItems, TtsRequest, UnknownJob
@@ -82,12 +82,26 @@ def _plan(req: TtsRequest, state: ApiState, where: str = "") -> Plan:
 
 
 def _rq_connection(request: Request, state: ApiState) -> redis.Redis:
-    """The app's blocking Redis client for RQ (created on first use)."""
+    """The app's blocking client on the Redis RQ uses (created on first use): the main Redis,
+    or ``VOXQ_RQ_REDIS_URL`` (required when the main Redis is a cluster)."""
     conn: redis.Redis | None = getattr(request.app.state, "tts_rq", None)
     if conn is None:
-        conn = connect_sync(state.redis_url)
+        conn = connect_sync(rq_url(state.settings, state.redis_url))
         request.app.state.tts_rq = conn
     return conn
+
+
+def _rq_status_reader(request: Request, state: ApiState) -> jobs.RqStatusReader | None:
+    """How to read RQ's status of a job: None (from the main Redis) unless RQ has its own."""
+    if rq_url(state.settings, state.redis_url) == state.redis_url:
+        return None
+
+    async def read(job_id: str) -> str | None:
+        raw: Any = await asyncio.to_thread(_rq_connection(request, state).hget,
+                                           f"rq:job:{job_id}", "status")
+        return raw.decode() if raw else None
+
+    return read
 
 
 def _job_links(job_id: str) -> dict[str, str]:
@@ -167,10 +181,11 @@ def _not_found(e: UnknownJob) -> HTTPException:
 
 
 @router.get("/tts/batches/{batch_id}", summary="Status of a batch, item by item")
-async def get_batch(batch_id: str, state: State) -> dict[str, Any]:
+async def get_batch(batch_id: str, request: Request, state: State) -> dict[str, Any]:
     """Counts by status, overall progress, and each item's status."""
     try:
-        return await jobs.batch_status(redis_of(state), state.keys, batch_id)
+        return await jobs.batch_status(redis_of(state), state.keys, batch_id,
+                                       _rq_status_reader(request, state))
     except UnknownJob as e:
         raise _not_found(e) from None
 
@@ -229,10 +244,11 @@ async def get_batch_zip(batch_id: str, state: State) -> StreamingResponse:
 
 
 @router.get("/tts/{job_id}", summary="Status of a text-to-speech job")
-async def get_job(job_id: str, state: State) -> dict[str, Any]:
+async def get_job(job_id: str, request: Request, state: State) -> dict[str, Any]:
     """Status (queued/started/finished/failed), progress, error reason, duration and bytes."""
     try:
-        answer = await jobs.job_status(redis_of(state), state.keys, job_id)
+        answer = await jobs.job_status(redis_of(state), state.keys, job_id,
+                                       _rq_status_reader(request, state))
     except UnknownJob as e:
         raise _not_found(e) from None
     if answer["status"] == "finished":

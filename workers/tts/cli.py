@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from voxq.errors import InvalidInput, VoxqError
-from voxq.redis_conn import connect_sync, redis_url
+from voxq.redis_conn import connect_sync, redis_url, rq_url
 from voxq.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -205,10 +205,11 @@ def run_tts_worker(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     with redis_url(settings) as url:
-        jobs.configure(url)
+        queue_url = rq_url(settings, url)  # RQ needs a single Redis: a clear error on a cluster
+        jobs.configure(url, queue_url)
         _preload_vendors()
         jobs.warm_up()
-        conn = connect_sync(url)
+        conn = connect_sync(queue_url)
         queue = Queue(args.queue or settings.tts_queue, connection=conn)
         worker_class = SimpleWorker if args.no_fork else Worker
         worker = worker_class([queue], connection=conn, name=args.name)

@@ -3,7 +3,8 @@
 A job's record is the hash ``PREFIX:tts:{JOB}`` (DESIGN.md): the request, status
 (queued → started → finished | failed), progress, error reason, attempts, and once finished the
 MP3 (field ``audio``), its duration and size. The API writes the record and enqueues an RQ job
-whose only arguments are the job id and the key prefix; the job function (async; RQ runs it with
+whose only arguments are the job id and the key prefix (RQ's own keys live on the RQ Redis,
+``VOXQ_RQ_REDIS_URL``, which is the main Redis unless that is a cluster); the job function (async; RQ runs it with
 ``asyncio.run``) opens its own Redis and vendor connections, serves the request from the content
 cache or splits the text to the vendor's limit, synthesises the pieces in order, joins them, and
 writes the MP3 to the record — never into RQ's pickled return value (it returns None, and RQ keeps
@@ -33,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from voxq.errors import InvalidInput, VoxqError
 from voxq.keys import Keys
 from voxq.metrics import REDIS_ERRORS, TTS_JOB_DURATION, TTS_JOBS
-from voxq.redis_conn import connect
+from voxq.redis_conn import connect, connect_sync
 from voxq.settings import Settings, get_settings
 from workers.tts import mp3join
 from workers.tts.cache import TtsCache, cache_digest
@@ -58,6 +59,10 @@ LOST_AFTER_SECONDS = 30.0
 """A record still queued/started with no RQ job behind it for this long was lost."""
 
 _redis_url: str | None = None
+_rq_redis_url: str | None = None
+
+RqStatusReader = Callable[[str], Awaitable[str | None]]
+"""Reads RQ's own status of a job (from the Redis RQ uses)."""
 
 
 class Status(StrEnum):
@@ -310,22 +315,25 @@ async def _rq_status(r: aioredis.Redis, job_id: str) -> str | None:
     return raw.decode() if raw else None
 
 
-async def job_status(r: aioredis.Redis, keys: Keys, job_id: str) -> dict[str, Any]:
-    """The public status of one job; UnknownJob if there is no such record."""
+async def job_status(r: aioredis.Redis, keys: Keys, job_id: str,
+                     rq_status: RqStatusReader | None = None) -> dict[str, Any]:
+    """The public status of one job; UnknownJob if there is no such record. ``rq_status`` reads
+    RQ's status of a job when RQ runs on another Redis than ``r``."""
     key = keys.tts(check_job_id(job_id))
     values: list[Any] = await r.hmget(key, list(_PUBLIC))
     raw = dict(zip(_PUBLIC, values, strict=True))
     if raw["kind"] != b"job":
         raise UnknownJob(f"no TTS job {job_id!r} (unknown, or expired)")
-    return await _public(r, job_id, raw)
+    return await _public(r, job_id, raw, rq_status)
 
 
-async def _public(r: aioredis.Redis, job_id: str, raw: Mapping[str, bytes | None]) -> dict[str, Any]:
+async def _public(r: aioredis.Redis, job_id: str, raw: Mapping[str, bytes | None],
+                  rq_status_of: RqStatusReader | None = None) -> dict[str, Any]:
     """Shape one record for the API; a non-terminal record RQ no longer backs is reported failed."""
     status = Status((raw["status"] or b"queued").decode())
     error = (raw["error"] or b"").decode() or None
     if status not in TERMINAL:
-        rq_status = await _rq_status(r, job_id)
+        rq_status = await (rq_status_of(job_id) if rq_status_of else _rq_status(r, job_id))
         age = time.time() - (_num(raw["updated"]) or time.time())
         if rq_status in ("failed", "stopped", "canceled"):
             status, error = Status.FAILED, error or f"the worker lost the job (RQ status {rq_status})"
@@ -352,7 +360,8 @@ async def _public(r: aioredis.Redis, job_id: str, raw: Mapping[str, bytes | None
     }
 
 
-async def batch_status(r: aioredis.Redis, keys: Keys, batch_id: str) -> dict[str, Any]:
+async def batch_status(r: aioredis.Redis, keys: Keys, batch_id: str,
+                       rq_status: RqStatusReader | None = None) -> dict[str, Any]:
     """Per-item status of a batch and counts by status; UnknownJob if there is none."""
     key = keys.tts(check_batch_id(batch_id))
     found: list[Any] = await r.hmget(key, ["kind", "jobs", "created"])
@@ -371,7 +380,7 @@ async def batch_status(r: aioredis.Redis, keys: Keys, batch_id: str) -> dict[str
             item: dict[str, Any] = {"job_id": job_id, "status": Status.FAILED.value,
                                     "error": "expired", "progress": 0.0}
         else:
-            item = await _public(r, job_id, raw)
+            item = await _public(r, job_id, raw, rq_status)
         item["index"] = index
         items.append(item)
     counts = {s.value: sum(1 for i in items if i["status"] == s.value) for s in Status}
@@ -413,10 +422,12 @@ def enqueue(conn: redis.Redis, settings: Settings, keys: Keys,
 
 # --- the job ------------------------------------------------------------------------------------
 
-def configure(redis_url: str) -> None:
-    """Tell job functions in this process (and its forked work horses) which Redis to use."""
-    global _redis_url
+def configure(redis_url: str, rq_redis_url: str | None = None) -> None:
+    """Tell job functions in this process (and its forked work horses) which Redis holds the
+    records, MP3s and cache (``redis_url``, possibly a cluster) and which one RQ uses."""
+    global _redis_url, _rq_redis_url
     _redis_url = redis_url
+    _rq_redis_url = rq_redis_url
 
 
 def warm_up() -> None:
@@ -584,9 +595,16 @@ def on_job_failure(job: Any, connection: redis.Redis, exc_type: type[BaseExcepti
     else:
         log.warning("tts job %s failed: %s", job_id, reason)
         fields = {"status": Status.FAILED.value, "error": reason, "finished": _now()}
-    if not connection.exists(key):
-        return
-    pipe = connection.pipeline(transaction=True)
-    pipe.hset(key, mapping={**fields, "updated": _now()})
-    pipe.expire(key, settings.tts_result_ttl_seconds)
-    pipe.execute()
+    main = _redis_url or settings.redis_url
+    separate = bool(main and _rq_redis_url and main != _rq_redis_url)
+    records = connect_sync(main) if separate and main else connection  # records: main Redis
+    try:
+        if not records.exists(key):
+            return
+        pipe = records.pipeline(transaction=True)
+        pipe.hset(key, mapping={**fields, "updated": _now()})
+        pipe.expire(key, settings.tts_result_ttl_seconds)
+        pipe.execute()
+    finally:
+        if records is not connection:
+            records.close()
