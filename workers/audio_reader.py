@@ -291,6 +291,9 @@ class AudioReader:
         """Read forever; Redis outages are retried with backoff, positions kept."""
         backoff = 0.05
         last = 0.0
+        if self.cluster:  # the slot map must be loaded before slots are grouped by node
+            assert isinstance(self.r, RedisCluster)
+            await self.r.initialize()
         try:
             while True:
                 now = _now_ms()

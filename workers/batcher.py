@@ -177,6 +177,8 @@ class Batcher:
         except Exception as e:  # connection lost, timeout: the callers decide to retry
             await self._drop(name)
             self._fail(items, e)
+            if self.cluster:  # the node may be gone for good (a failover): re-read the slots
+                await self._refresh()
 
     def _failed(self, it: _Item, e: ResponseError) -> bool:
         """An error reply: retry NOSCRIPT as EVAL and cluster redirects after a refresh;

@@ -103,6 +103,7 @@ class SessionRunner:
         self.finishing = False  # end of audio reached: only the vendor's last finals remain
         self.error = ""  # reason of a FAILED status decided by the relay itself
         self._relayed = 0
+        self._last_seq = -1
         self._relayed_flushed = 0  # part of _relayed already in the shared counters
         self._relayed_bytes = 0  # bytes relayed since the last flush
 
@@ -182,6 +183,7 @@ class SessionRunner:
                                         self.ctx.settings.session_queue_chunks)
         self._window_ids.clear()
         self._window_ends.clear()
+        self._last_seq = -1  # seq of the last chunk relayed in this attempt
         self.pending = [False] * m.channels
         offset = self.checkpoint.frames
         try:
@@ -298,7 +300,7 @@ class SessionRunner:
         (skipped and counted: bad input changes nothing)."""
         if (len(fields) == 4 and fields[0] == b"seq" and fields[2] == b"pcm"
                 and fields[1].isdigit()):
-            pcm = fields[3]
+            pcm, seq = fields[3], int(fields[1])
         else:
             try:
                 chunk = decode_chunk(dict(zip(fields[::2], fields[1::2], strict=False)))
@@ -307,12 +309,15 @@ class SessionRunner:
                 return None
             if chunk.eos:
                 return _EOS
-            pcm = chunk.pcm
+            pcm, seq = chunk.pcm, chunk.seq
+        if seq <= self._last_seq:
+            return None  # resent by a producer after a failover: already relayed
         n = len(pcm)
         if not n or n % self._frame_bytes or n > self._max_chunk:
             self._bad_chunk(eid, f"{n} bytes is not 1..{self._max_chunk} bytes of whole "
                                  f"{self.meta.channels}-channel s16 frames")
             return None
+        self._last_seq = seq
         return pcm
 
     def _relay_now(self, eid: bytes, fields: Sequence[bytes]) -> bool:
@@ -326,6 +331,9 @@ class SessionRunner:
         n = len(pcm)
         if not n or n % self._frame_bytes or n > self._max_chunk:
             return False
+        seq = int(fields[1])
+        if seq <= self._last_seq:
+            return False  # a resent duplicate: _pump skips it
         sent = self._sent + n // self._frame_bytes
         if self._offset + sent > self._limit:
             return False
@@ -333,6 +341,7 @@ class SessionRunner:
             return False
         if not self._send_now(pcm):
             return False
+        self._last_seq = seq
         self._count(eid, n)
         self._sent = sent
         self._window_ids.append(eid)

@@ -74,7 +74,7 @@ async def wait_finals(r: aioredis.Redis, keys: Keys, sid: str, n: int,
 
 
 class WorkerProcs:
-    """Named `voxq worker` processes on the cluster (through tests.cluster.worker_shim), with
+    """Named `voxq worker` processes on the cluster , with
     their logs."""
 
     def __init__(self, env: dict[str, str], logdir: Path):
@@ -85,7 +85,7 @@ class WorkerProcs:
         for n in names:
             out = (self.logdir / f"{n}.log").open("ab")
             self.procs[n] = subprocess.Popen(
-                [sys.executable, "-m", "tests.cluster.worker_shim", "worker", "--name", n],
+                [sys.executable, "-m", "voxq", "worker", "--name", n],
                 env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
 
     def kill(self, name: str) -> None:

@@ -18,7 +18,6 @@ import redis.asyncio as aioredis
 import soundfile as sf
 
 from api.app import create_app
-from tests.cluster import worker_shim
 from tests.cluster.clustertest_support import assert_exact, sid_on, sids_on_every_primary
 from tests.emulators.watermark import WatermarkEmulator, expected_words, watermark_pcm
 from voxq.keys import Keys
@@ -37,7 +36,6 @@ def emulator() -> Iterator[WatermarkEmulator]:
 
 @pytest.fixture
 async def worker(csettings: Settings, emulator: WatermarkEmulator) -> AsyncIterator[Transcriber]:
-    worker_shim.apply()
     w = Transcriber(csettings.model_copy(update={"voxqws_url": emulator.url}),
                     csettings.redis_url or "", name="cw-e2e")
     stop = asyncio.Event()

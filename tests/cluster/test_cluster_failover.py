@@ -328,9 +328,6 @@ def slow_finals_workers(cenv: dict[str, str], slow_finals_emulator: WatermarkEmu
     w.stop_all()
 
 
-@pytest.mark.xfail(strict=True, reason="worker fix pending: a session runner must skip audio "
-                                       "entries whose seq is not above the last one it relayed "
-                                       "(docs/redis-cluster.md, worker changes)")
 async def test_resent_chunks_after_a_failover_are_not_relayed_twice(
         cluster: RedisClusterServer, slow_finals_workers: WorkerProcs,
         slow_finals_emulator: WatermarkEmulator, csettings: Settings, cr: aioredis.Redis,

@@ -1,6 +1,6 @@
 """Worker takeover on a Redis Cluster: SIGKILL the worker driving sessions on every primary; the
 survivor takes them over from their checkpoints and every transcript is exact. Also pins the
-pending worker fix (see tests/cluster/worker_shim.py)."""
+worker fix it needed (the reader loads the slot map; the batcher re-reads it after a lost node)."""
 
 from __future__ import annotations
 
@@ -65,16 +65,14 @@ async def test_sigkill_owner_on_a_cluster(cluster: RedisClusterServer, workers: 
     assert took < CLAIM_TIMEOUT * 1.25 + 1.0, workers.logs()
 
 
-@pytest.mark.xfail(strict=True, reason="worker fix pending: AudioReader must initialize a cluster "
-                                       "client before reading (tests/cluster/worker_shim.py)")
-async def test_cluster_worker_without_shim(cluster: RedisClusterServer, csettings: Settings,
+async def test_cluster_worker_reads_audio_from_its_first_read(cluster: RedisClusterServer, csettings: Settings,
                                            cr: aioredis.Redis, keys: Keys,
                                            emulator: WatermarkEmulator) -> None:
     from workers.audio_reader import AudioReader
 
-    run = getattr(AudioReader.run, "__wrapped__", AudioReader.run)  # without the shim
+    run = AudioReader.run
     w = Transcriber(csettings.model_copy(update={"voxqws_url": emulator.url}), cluster.url,
-                    name="cw-noshim")
+                    name="cw-first")
     stop = asyncio.Event()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(AudioReader, "run", run)  # the worker exactly as it is in workers/
@@ -89,9 +87,7 @@ async def test_cluster_worker_without_shim(cluster: RedisClusterServer, csetting
             await asyncio.wait_for(task, 30)
 
 
-@pytest.mark.xfail(strict=True, reason="worker fix pending: Batcher must refresh the slot map after "
-                                       "a connection error (tests/cluster/worker_shim.py)")
-async def test_cluster_batcher_follows_a_failover_without_shim(cluster: RedisClusterServer,
+async def test_cluster_batcher_follows_a_failover(cluster: RedisClusterServer,
                                                                keys: Keys) -> None:
     from voxq.redis_conn import connect
     from workers.batcher import Batcher
@@ -100,7 +96,7 @@ async def test_cluster_batcher_follows_a_failover_without_shim(cluster: RedisClu
     await r.initialize()
     b = Batcher(r)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Batcher, "_round", getattr(Batcher._round, "__wrapped__", Batcher._round))
+        mp.setattr(Batcher, "_round", Batcher._round)
         try:
             key = keys.meta("batcher")
             await b.execute("SET", key, "1")
