@@ -3,8 +3,15 @@ chunks published to Redis, voxq (numpy + soxr + pipelined Publisher) against the
 pure-Python loop tutorials use (average channels, linear-interpolation resample, clamp and
 struct.pack per sample, one XADD per chunk), both measured in the same run on the same Redis.
 
+Second figure, sessions per producer core: one producer process publishing many concurrent
+real-time sessions through the Publisher library (one Publisher, connection and flush task
+per session, 100 ms chunks of 16 kHz mono handed to ``send`` on time by one ticker), pinned
+to one core; its CPU per session-second at each count, whether it kept real time, and the
+inverse, sessions per core.
+
 Prints one JSON document. Run: ``python bench/producer.py [--voxq-seconds 300]
-[--baseline-seconds 30]``.
+[--baseline-seconds 30] [--concurrent 200,500,1000] [--concurrent-seconds 15]``;
+``--only-concurrent`` skips the conversion comparison.
 """
 
 from __future__ import annotations
@@ -163,6 +170,107 @@ def run_baseline(r: redis.Redis, key: str, seconds: int, loop: bytes) -> int:
     return seq
 
 
+# --- many concurrent sessions from one process ----------------------------------------------
+
+TICK_S = 0.002
+
+
+async def concurrent_sessions(url: str, settings: Settings, n: int, seconds: float
+                              ) -> dict[str, Any]:
+    """``n`` Publishers sending 100 ms chunks in real time for ``seconds``: producer CPU per
+    session-second and whether every session kept pace (chunks acknowledged on time)."""
+    pubs = [Publisher(url, settings=settings) for _ in range(n)]
+    for i, pub in enumerate(pubs):
+        await pub.open(f"c{n}-{i:05d}", rate=BUS_RATE, channels=1, chunk_ms=CHUNK_MS)
+    chunk = (np.random.default_rng(n).standard_normal(CHUNK_BYTES // 2) * 300).astype(
+        "<i2").tobytes()
+    period = CHUNK_MS / 1000
+    slots = max(1, round(period / TICK_S))
+    wheel: list[list[Publisher]] = [[] for _ in range(slots)]
+    for i, pub in enumerate(pubs):
+        wheel[(i * 7 + i // slots) % slots].append(pub)
+    r = redis.Redis.from_url(url)
+    stop = asyncio.Event()
+
+    async def trim() -> None:  # no worker trims these streams: keep Redis memory flat
+        while not stop.is_set():
+            await asyncio.sleep(2.0)
+            with r.pipeline(transaction=False) as p:
+                for pub in pubs:
+                    p.xtrim(Keys(settings.prefix).audio(pub.session_id), maxlen=50,
+                            approximate=True)
+                await asyncio.to_thread(p.execute)
+
+    trimmer = asyncio.create_task(trim())
+    late: list[float] = []
+    # the event loop's thread only: the trimming thread is not part of the producer
+    redis0, cpu0 = redis_cpu(r), time.thread_time()
+    t0 = time.monotonic()
+    k = 0
+    due_chunks = 0
+    while True:
+        due = t0 + k * TICK_S
+        if due - t0 >= seconds:
+            break
+        now = time.monotonic()
+        if due > now:
+            await asyncio.sleep(due - now)
+            now = time.monotonic()
+        late.append(now - due)
+        for pub in wheel[k % slots]:
+            await pub.send(chunk)
+            due_chunks += 1
+        k += 1
+    cpu = time.thread_time() - cpu0
+    wall = time.monotonic() - t0
+    acked_on_time = sum(pub.stats.chunks for pub in pubs)
+    redis_s = redis_cpu(r) - redis0
+    stop.set()
+    await trimmer
+    for pub in pubs:
+        await pub.close()
+    r.close()
+    per = cpu / (n * wall)
+    lat = np.array(late) * 1000
+    return {
+        "sessions": n,
+        "cpu_pct": round(100 * cpu / wall, 1),
+        "cpu_s_per_session_second": round(per, 7),
+        "sessions_per_core": round(1 / per),
+        "kept_real_time": bool(np.percentile(lat, 99) < 20 and acked_on_time >= 0.98 * due_chunks),
+        "ticker_late_p99_ms": round(float(np.percentile(lat, 99)), 2),
+        "chunks_acked_in_window_pct": round(100 * acked_on_time / max(1, due_chunks), 1),
+        "redis_cpu_pct": round(100 * redis_s / wall, 1),
+    }
+
+
+def run_concurrent(url: str, counts: list[int], seconds: float) -> dict[str, Any]:
+    """The concurrent-session figure over a ramp of session counts, pinned to one core."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) > 1:
+        os.sched_setaffinity(0, {cpus[-1]})
+    settings = Settings(redis_url=url, prefix="conc")
+    steps = []
+    for n in counts:
+        step = asyncio.run(concurrent_sessions(url, settings, n, seconds))
+        steps.append(step)
+        if not step["kept_real_time"]:
+            break
+    held = [s for s in steps if s["kept_real_time"]]
+    basis = held[-1] if held else None
+    if len(cpus) > 1:
+        os.sched_setaffinity(0, set(cpus))
+    return {
+        "what": "one producer process, Publisher per session, 16 kHz mono 100 ms chunks, "
+                "real time; CPU of its event-loop thread (time.thread_time), pinned to one core",
+        "steps": steps,
+        "cpu_s_per_session_second": basis["cpu_s_per_session_second"] if basis else None,
+        "sessions_per_producer_core": basis["sessions_per_core"] if basis else None,
+        "basis_sessions": basis["sessions"] if basis else None,
+        "largest_real_time_sessions": basis["sessions"] if basis else 0,
+    }
+
+
 def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
     """The run with the median producer CPU (its own Redis CPU and wall time with it)."""
     return sorted(runs, key=lambda m: m["cpu_s"])[len(runs) // 2]
@@ -191,7 +299,19 @@ def main() -> None:
     ap.add_argument("--voxq-seconds", type=int, default=300, help="audio for voxq (300)")
     ap.add_argument("--baseline-seconds", type=int, default=30, help="audio for baseline (30)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each; the median is kept")
+    ap.add_argument("--concurrent", type=lambda v: [int(x) for x in v.split(",")],
+                    default=[200, 500, 1000, 2000], help="concurrent session counts")
+    ap.add_argument("--concurrent-seconds", type=float, default=15.0)
+    ap.add_argument("--only-concurrent", action="store_true")
     args = ap.parse_args()
+    if args.only_concurrent:
+        with RedisServer() as server:
+            info = machine(redis.Redis.from_url(server.url))
+            print(json.dumps({"benchmark": "producer: concurrent sessions per producer core",
+                              "machine": info,
+                              "concurrent": run_concurrent(server.url, args.concurrent,
+                                                           args.concurrent_seconds)}, indent=2))
+        return
     loop = capture_signal()
     started = time.perf_counter()
     with RedisServer() as server:
@@ -208,6 +328,7 @@ def main() -> None:
         base_bytes = int(r.memory_usage(keys.audio("baseline-0"), samples=0) or 0)
         info = machine(r)
         r.close()
+        concurrent = run_concurrent(server.url, args.concurrent, args.concurrent_seconds)
 
     per_hour_vx = 3600 / args.voxq_seconds
     per_hour_base = 3600 / args.baseline_seconds
@@ -240,6 +361,7 @@ def main() -> None:
                                    / max(vx["redis_cpu_s"] * per_hour_vx, 1e-9), 1),
         "chunks": int(vx["chunks"]),
         "redis_bytes_per_audio_minute": round(stream_bytes / (args.voxq_seconds / 60)),
+        "concurrent": concurrent,
         "repeat": args.repeat,
         "run_seconds": round(time.perf_counter() - started, 1),
         "notes": "cpu_s is time.process_time of the producer process (conversion, chunking, "
