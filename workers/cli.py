@@ -15,8 +15,12 @@ from workers.transcriber import Transcriber
 
 log = logging.getLogger(__name__)
 
-#: young-generation threshold: fewer, larger young collections (default 700)
-GC_GEN0 = 5000
+#: collection thresholds of the young generations: small generations, short pauses. Each
+#: session keeps a few objects alive for seconds (sleeping timers, awaited futures), so a
+#: young collection walks everything allocated since the last one that is still alive:
+#: (5000, 10) paused the loop 10-25 ms, (400, 2) stays under ~4 ms (measured at 1,500
+#: sessions: relay p99 47 -> 26 ms, same CPU).
+GC_GEN0, GC_GEN1 = 400, 2
 #: a full (gen 2) collection at most this often; none happens on its own
 GC_FULL_INTERVAL_S = 600.0
 
@@ -28,8 +32,9 @@ def tune_process() -> None:
     * Garbage collection: a full collection walks every live object (hundreds per session)
       and stops the loop for tens of milliseconds at a few thousand sessions, which is what
       p99 relay latency would see. Objects alive after start-up are frozen (never walked),
-      automatic full collections are off, and ``full_gc`` runs one every
-      GC_FULL_INTERVAL_S to reclaim the reference cycles of sessions that ended.
+      the young generations are kept small (GC_GEN0, GC_GEN1), automatic full collections
+      are off, and ``full_gc`` runs one every GC_FULL_INTERVAL_S to reclaim the reference
+      cycles of sessions that ended.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -39,8 +44,7 @@ def tune_process() -> None:
             log.warning("cannot raise the open-file limit from %d: %s", soft, e)
     gc.collect()
     gc.freeze()
-    gen0, gen1, _ = gc.get_threshold()
-    gc.set_threshold(max(gen0, GC_GEN0), gen1, 2**31 - 1)
+    gc.set_threshold(GC_GEN0, GC_GEN1, 2**31 - 1)
 
 
 async def full_gc(interval: float = GC_FULL_INTERVAL_S) -> None:
