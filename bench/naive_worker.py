@@ -36,7 +36,9 @@ class NaiveWorker:
 
     def __init__(self, url: str, ws_url: str, prefix: str) -> None:
         self.url, self.ws_url, self.prefix = url, ws_url, prefix
-        self.r = aioredis.Redis.from_url(url, max_connections=64)
+        # a pool as large as the sessions: redis-py's default (100) would fail result writes
+        # once more than 100 sessions write at once, which is not what is being compared
+        self.r = aioredis.Redis.from_url(url, max_connections=20000)
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
@@ -54,7 +56,14 @@ class NaiveWorker:
                     sid = fields[b"sid"].decode()
                     t = asyncio.create_task(self.session(sid, eid))
                     self.tasks.add(t)
-                    t.add_done_callback(self.tasks.discard)
+                    t.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        """Forget a finished session task; say why if it failed (a lost session would
+        otherwise only show as backlog)."""
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            print(f"naive session failed: {task.exception()!r}", file=sys.stderr, flush=True)
 
     async def session(self, sid: str, control_id: bytes) -> None:
         """Relay one session: XREAD BLOCK on its own connection, one ws.send per chunk."""
