@@ -1,6 +1,7 @@
 """Pipelined commands for all sessions of one worker: every caller awaits its own reply, and
 whatever the sessions asked for while the previous round trip was in flight leaves in one
-write (per node on Redis Cluster), on one connection per node.
+write (per node on Redis Cluster), on one connection per node. Each node has its own queue and
+its own round trips, so a slow or unreachable shard holds back only the commands for it.
 
 Why: thousands of sessions each writing their own fenced results would hold one pooled
 connection per write in flight and pay a full client round trip each; here a burst of
@@ -74,7 +75,7 @@ class Script:
 class _Item:
     """One queued command and the future its caller awaits."""
 
-    __slots__ = ("args", "future", "key", "packed", "retries", "script")
+    __slots__ = ("args", "future", "key", "packed", "redirected", "retries", "script")
 
     def __init__(self, key: bytes, packed: bytes, future: asyncio.Future[Any],
                  script: Script | None = None, args: Sequence[Arg] = ()):
@@ -84,6 +85,7 @@ class _Item:
         self.script = script
         self.args = args
         self.retries = 0
+        self.redirected = False
 
 
 class Batcher:
@@ -93,8 +95,9 @@ class Batcher:
         self.r = r
         self.cluster = isinstance(r, RedisCluster)
         self.max_batch = max_batch
-        self._queue: deque[_Item] = deque()
-        self._task: asyncio.Task[None] | None = None
+        self._queues: dict[str, deque[_Item]] = {}  # by node name ("" when not a cluster)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._refreshing: asyncio.Task[None] | None = None
         self._conns: dict[str, Any] = {}
         self.rounds = 0
         self.commands = 0
@@ -108,6 +111,36 @@ class Batcher:
                            fut))
         return fut
 
+    async def on_own_connection(self, key: str | bytes, *commands: Sequence[Arg],
+                                timeout: float = REPLY_TIMEOUT_S) -> list[Any]:
+        """Run ``commands`` back to back on a connection of their own to the node serving
+        ``key``, outside the rounds: a blocking command there (WAIT) would hold every
+        session's writes to that node. Replies in order; an error reply is raised."""
+        k = key if isinstance(key, bytes) else key.encode()
+        if self.cluster:
+            assert isinstance(self.r, RedisCluster)
+            node = self.r.nodes_manager.get_node_from_slot(key_slot(k))
+            conn = node.acquire_connection()
+        else:
+            assert isinstance(self.r, aioredis.Redis)
+            conn = await self.r.connection_pool.get_connection()
+        try:
+            async with asyncio.timeout(timeout):
+                await conn.send_packed_command(b"".join(pack(c) for c in commands))
+                replies = [await conn.read_response(disable_decoding=True) for _ in commands]
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            if isinstance(self.r, RedisCluster):
+                node.release(conn)
+            else:
+                await self.r.connection_pool.release(conn)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
     async def execute(self, *args: Arg) -> Any:
         """Run one command whose first key is ``args[1]``; its reply, or its error raised."""
         return await self.submit(*args)
@@ -120,38 +153,47 @@ class Batcher:
                            script, full))
         return await fut
 
-    def _submit(self, item: _Item) -> None:
-        self._queue.append(item)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._flush())
+    def _node_of(self, key: bytes) -> str:
+        if not self.cluster:
+            return ""
+        assert isinstance(self.r, RedisCluster)
+        return str(self.r.nodes_manager.get_node_from_slot(key_slot(key)).name)
 
-    async def _flush(self) -> None:
-        """Send rounds until the queue is empty, then stop (the next command restarts it)."""
+    def _submit(self, item: _Item) -> None:
         try:
-            while self._queue:
-                n = min(len(self._queue), self.max_batch)
-                batch = [self._queue.popleft() for _ in range(n)]
+            name = self._node_of(item.key)
+        except Exception as e:  # no slot map yet, or the slot is not served: retryable
+            if not item.future.done():
+                item.future.set_exception(RedisConnectionError(f"no node for {item.key!r}: {e}"))
+            if self._refreshing is None or self._refreshing.done():
+                self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+            return
+        q = self._queues.get(name)
+        if q is None:
+            q = self._queues[name] = deque()
+        q.append(item)
+        if name not in self._tasks:
+            self._tasks[name] = asyncio.get_running_loop().create_task(self._flush(name))
+
+    async def _flush(self, name: str) -> None:
+        """Send rounds to one node until its queue is empty, then stop (the next command for
+        it starts a new loop)."""
+        q = self._queues[name]
+        try:
+            while q:
+                n = min(len(q), self.max_batch)
+                batch = [q.popleft() for _ in range(n)]
                 self.rounds += 1
                 self.commands += n
-                if not self.cluster:
-                    await self._round("", batch)
-                    continue
-                by_node: dict[str, list[_Item]] = {}
-                assert isinstance(self.r, RedisCluster)
-                nodes = self.r.nodes_manager
-                for it in batch:
-                    name = nodes.get_node_from_slot(key_slot(it.key)).name
-                    by_node.setdefault(name, []).append(it)
-                await asyncio.gather(*(self._round(name, items)
-                                       for name, items in by_node.items()))
+                await self._round(name, batch)
         except BaseException as e:
-            for it in self._queue:
+            for it in q:
                 if not it.future.done():
                     it.future.set_exception(RedisConnectionError(f"batcher stopped: {e!r}"))
-            self._queue.clear()
+            q.clear()
             raise
         finally:
-            self._task = None
+            self._tasks.pop(name, None)
 
     async def _round(self, name: str, items: list[_Item]) -> None:
         """One pipelined write to one node and its replies, in order."""
@@ -159,17 +201,18 @@ class Batcher:
             async with asyncio.timeout(REPLY_TIMEOUT_S):  # one deadline for the whole round
                 conn = await self._conn(name)
                 await conn.send_packed_command(b"".join(it.packed for it in items))
-                refresh = False
+                again: list[_Item] = []
                 for it in items:
                     try:
                         reply = await conn.read_response()
                     except ResponseError as e:
-                        refresh |= self._failed(it, e)
+                        if self._failed(it, e):
+                            again.append(it)
                         continue
                     if not it.future.done():
                         it.future.set_result(reply)
-            if refresh:
-                await self._refresh()
+            if again:
+                await self._retry(again)
         except asyncio.CancelledError:
             await self._drop(name)
             self._fail(items, RedisConnectionError("worker stopping"))
@@ -181,20 +224,27 @@ class Batcher:
                 await self._refresh()
 
     def _failed(self, it: _Item, e: ResponseError) -> bool:
-        """An error reply: retry NOSCRIPT as EVAL and cluster redirects after a refresh;
-        hand anything else to the caller. True if the slot map needs a refresh."""
+        """An error reply: NOSCRIPT is retried as EVAL, cluster redirects after a refresh of
+        the slot map; anything else goes to the caller. True if the item is to be retried."""
         if isinstance(e, NoScriptError) and it.script is not None and it.retries == 0:
             it.retries += 1
             it.packed = pack(("EVAL", it.script.body, *it.args))
-            self._queue.append(it)
-            return False
+            return True
         if self.cluster and isinstance(e, REDIRECTS) and it.retries < CLUSTER_RETRIES:
             it.retries += 1
-            self._queue.append(it)
+            it.redirected = True
             return True
         if not it.future.done():
             it.future.set_exception(e)
         return False
+
+    async def _retry(self, items: list[_Item]) -> None:
+        """Queue retried items again, routed by a refreshed slot map if any was redirected."""
+        if any(it.redirected for it in items):
+            await self._refresh()
+        for it in items:
+            it.redirected = False
+            self._submit(it)
 
     @staticmethod
     def _fail(items: list[_Item], e: BaseException) -> None:
@@ -243,8 +293,9 @@ class Batcher:
 
     async def aclose(self) -> None:
         """Stop sending and give the connections back."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for name in list(self._conns):
             await self._drop(name)

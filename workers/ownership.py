@@ -72,6 +72,20 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
 return 1
 """
 
+# KEYS: meta. A write that changes nothing but replicates (the status set to itself).
+_BARRIER = """
+local v = redis.call('HGET', KEYS[1], 'status')
+if v then redis.call('HSET', KEYS[1], 'status', v) end
+return 1
+"""
+
+# KEYS: control stream. ARGV: group, consumer.
+_LEAVE_GROUP = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 # KEYS: meta then every other key of the session. ARGV: epoch, status, error, now, ttl.
 _SET_STATUS = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return -1 end
@@ -101,6 +115,12 @@ async def _all(futures: Iterable[asyncio.Future[Any]]) -> list[Any]:
         if isinstance(v, BaseException):
             raise v
     return out
+
+
+def _consume(f: asyncio.Future[Any]) -> None:
+    """Mark a late reply's error as seen (asyncio would log it as never retrieved)."""
+    if not f.cancelled():
+        f.exception()
 
 
 def _s(v: object) -> str:
@@ -134,6 +154,7 @@ class Ownership:
         self._final = Script.of(_WRITE_FINAL)
         self._partial = Script.of(_WRITE_PARTIAL)
         self._status = Script.of(_SET_STATUS)
+        self._leave = Script.of(_LEAVE_GROUP)
 
     async def aclose(self) -> None:
         """Stop the batcher and release its connections."""
@@ -186,13 +207,21 @@ class Ownership:
         if ok < 0:
             raise Fenced(sid)
 
-    async def epochs(self, sids: Sequence[str]) -> list[int | None]:
-        """Current epoch of each session (None where the meta is gone), pipelined."""
+    async def epochs_within(self, sids: Sequence[str], timeout: float) -> dict[str, int | None]:
+        """Current epoch of each session whose reply came within ``timeout`` seconds (None
+        where the meta is gone); sessions on a slow or unreachable node are left out."""
         if not sids:
-            return []
-        b = self.batcher
-        raw = await _all(b.submit("HGET", self.keys.meta(sid), "epoch") for sid in sids)
-        return [None if v is None else int(v) for v in raw]
+            return {}
+        futs = {sid: self.batcher.submit("HGET", self.keys.meta(sid), "epoch") for sid in sids}
+        await asyncio.wait(futs.values(), timeout=timeout)
+        out: dict[str, int | None] = {}
+        for sid, f in futs.items():
+            if not f.done():
+                f.add_done_callback(_consume)  # its reply or error arrives later, unread
+            elif f.exception() is None:
+                v = f.result()
+                out[sid] = None if v is None else int(v)
+        return out
 
     async def refresh(self, entry_ids: Sequence[str]) -> set[str]:
         """Reset the idle time of our control entries; return the ids still pending for us."""
@@ -208,6 +237,21 @@ class Ownership:
             await self.r.xclaim(self.keys.sessions, TRANSCRIBERS_GROUP, HANDOFF_CONSUMER,
                                 min_idle_time=0, message_ids=list(entry_ids), idle=idle_ms,
                                 justid=True)
+
+    async def leave_group(self) -> bool:
+        """Delete this consumer from the group if nothing is pending for it (atomically: a
+        consumer's pending entries would go with it). True if deleted."""
+        return bool(await self.batcher.eval(self._leave, [self.keys.sessions],
+                                            [TRANSCRIBERS_GROUP, self.consumer]))
+
+    async def confirm_replicas(self, sid: str, replicas: int, timeout_ms: int) -> int:
+        """How many replicas hold every write made so far to the session's node: a barrier
+        write then WAIT on one connection (WAIT counts only that connection's own writes, and
+        replication is ordered). At least ``replicas``, or fewer once ``timeout_ms`` passed."""
+        _, got = await self.batcher.on_own_connection(
+            self.keys.meta(sid), ("EVAL", _BARRIER, 1, self.keys.meta(sid)),
+            ("WAIT", replicas, timeout_ms), timeout=timeout_ms / 1000 + 5)
+        return int(got)
 
     async def ack(self, entry_id: str, sid: str | None = None) -> None:
         """Acknowledge (and delete) a control entry whose session is done; drop it from live."""

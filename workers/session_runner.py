@@ -157,11 +157,31 @@ class SessionRunner:
                 f"session {self.sid} status")
         except Fenced:
             return None
-        await redis_retry(lambda: self.ctx.ownership.ack(self.control_id, self.sid),
-                          f"session {self.sid} ack")
+        # With VOXQ_WAIT_REPLICAS and the status not on the replicas, the control entry stays
+        # pending: it goes stale, and whoever takes it over finds the status (and acks it) or,
+        # if a failover lost the status, resumes the session.
+        if not self.ctx.settings.wait_replicas or await self._replicated():
+            await redis_retry(lambda: self.ctx.ownership.ack(self.control_id, self.sid),
+                              f"session {self.sid} ack")
         self.status = status
         log.info("session %s %s%s", self.sid, status.value, f": {error}" if error else "")
         return status
+
+    async def _replicated(self) -> bool:
+        """With VOXQ_WAIT_REPLICAS: do enough replicas hold the final status? (An ack whose
+        status a failover then lost would leave the session unowned and never finished.)"""
+        s = self.ctx.settings
+        try:
+            got = await self.ctx.ownership.confirm_replicas(self.sid, s.wait_replicas,
+                                                            s.wait_timeout_ms)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            log.warning("session %s: replicas not confirmed (%s); left for takeover", self.sid, e)
+            return False
+        if got < s.wait_replicas:
+            log.warning("session %s: %d of %d replica(s) confirmed the status; left for takeover",
+                        self.sid, got, s.wait_replicas)
+            return False
+        return True
 
     async def _reload(self) -> None:
         """Take checkpoint, final count and per-channel final ends from Redis, the truth after

@@ -14,6 +14,7 @@ import random
 import signal
 import socket
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ from voxq.settings import Settings
 from workers.audio_reader import AudioReader
 from workers.health_server import serve_health
 from workers.ownership import Ownership, SessionGone, checkpoint_from_meta
+from workers.pod_cost import UPDATE_INTERVAL_S, PodRef, keep_cost_current, pod_from_env
 from workers.session_runner import Context, SessionRunner, redis_retry
 from workers.sweeper import try_sweep
 
@@ -83,6 +85,9 @@ class Transcriber:
         self._capacity = asyncio.Event()
         self._r: aioredis.Redis | None = None
         self._r_read: aioredis.Redis | None = None
+        #: this pod in the Kubernetes API (pod-deletion-cost); None: found from the environment
+        self.pod: PodRef | None = None
+        self.pod_cost_interval = UPDATE_INTERVAL_S
 
     # --- main loop ----------------------------------------------------------------------
 
@@ -93,40 +98,56 @@ class Transcriber:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
+        # Probes first: liveness holds while Redis is still unreachable (a pod must not be
+        # restarted for Redis' sake), readiness stays false until the consumer group exists.
+        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        health = None
+        if self.health_port is not None:
+            health = await serve_health("0.0.0.0", self.health_port, lambda: self.heartbeat,
+                                        lambda: self.ready and not self.draining.is_set())
+            self.health_port = health.sockets[0].getsockname()[1]
         self._r = connect(self.redis_url)
         self._r_read = connect(self.redis_url)  # the blocking XREADs get their own socket
         own = Ownership(self._r, self.keys, self.name)
         reader = AudioReader(self._r_read, window_ms=self.settings.read_window_ms)
         ctx = Context(self._r, self.keys, self.settings, own, reader)
         r = self._r
-        await redis_retry(lambda: ensure_group(r, self.keys), "consumer group")
-        self.ready = True
-        health = None
-        if self.health_port is not None:
-            health = await serve_health("0.0.0.0", self.health_port, lambda: self.heartbeat,
-                                        lambda: self.ready and not self.draining.is_set())
-            self.health_port = health.sockets[0].getsockname()[1]
-        log.info("worker %s: up, capacity %d sessions", self.name, self.max_sessions)
-        tasks = [
-            asyncio.create_task(reader.run(), name="audio-reader"),
-            asyncio.create_task(self._claim_loop(ctx), name="claim"),
-            asyncio.create_task(self._takeover_loop(ctx), name="takeover"),
-            asyncio.create_task(self._refresh_loop(ctx), name="refresh"),
-            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-            asyncio.create_task(self._sweep_loop(), name="sweep"),
-        ]
+        tasks: list[asyncio.Task[Any]] = []
         try:
+            if not await _until_stopped(
+                    redis_retry(lambda: ensure_group(r, self.keys), "consumer group"), stop):
+                return
+            self.ready = True
+            log.info("worker %s: up, capacity %d sessions", self.name, self.max_sessions)
+            tasks = [
+                asyncio.create_task(reader.run(), name="audio-reader"),
+                asyncio.create_task(self._claim_loop(ctx), name="claim"),
+                asyncio.create_task(self._takeover_loop(ctx), name="takeover"),
+                asyncio.create_task(self._refresh_loop(ctx), name="refresh"),
+                asyncio.create_task(self._sweep_loop(), name="sweep"),
+            ]
+            pod = self.pod if self.pod is not None else pod_from_env(os.environ)
+            if pod is not None:
+                tasks.append(asyncio.create_task(
+                    keep_cost_current(pod, lambda: len(self.held), self.pod_cost_interval),
+                    name="pod-deletion-cost"))
             await stop.wait()
         finally:
             self.ready = False
             self.draining.set()
-            for t in tasks[1:3]:
-                t.cancel()
-            await asyncio.gather(*tasks[1:3], return_exceptions=True)
-            await self._drain(own)
-            for t in (tasks[0], *tasks[3:]):
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if tasks:
+                # no new claims, then the sessions go; the claims of finishing ones are
+                # still refreshed during the grace period
+                for t in tasks[1:3]:
+                    t.cancel()
+                await asyncio.gather(*tasks[1:3], return_exceptions=True)
+                await self._drain(own)
+                for t in (tasks[0], *tasks[3:]):
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await self._leave_group(own)
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
             await own.aclose()
             await self._r.aclose()
             await self._r_read.aclose()
@@ -267,7 +288,12 @@ class Transcriber:
     # --- keeping claims -----------------------------------------------------------------
 
     async def _refresh_loop(self, ctx: Context) -> None:
-        """Every quarter of the claim timeout: check epochs (fencing) and refresh our claims."""
+        """Every quarter of the claim timeout: check epochs (fencing) and refresh our claims.
+
+        The epoch reads get half an interval: on Redis Cluster one unreachable shard must not
+        hold back the refresh of sessions on healthy ones (their claims would go stale and be
+        taken over). A session whose epoch did not arrive in time keeps its claim: its own
+        writes are fenced by the scripts anyway."""
         assert self._r is not None
         interval = self.settings.claim_timeout_seconds / 4
         while True:
@@ -276,14 +302,16 @@ class Transcriber:
             if not held:
                 continue
             try:
-                epochs = await ctx.ownership.epochs([sid for sid, _ in held])
+                epochs = await ctx.ownership.epochs_within([sid for sid, _ in held],
+                                                           timeout=interval / 2)
                 mine = []
-                for (sid, h), epoch in zip(held, epochs, strict=True):
+                for sid, h in held:
+                    epoch = epochs.get(sid, h.runner.epoch)
                     if epoch != h.runner.epoch:
                         log.warning("session %s: epoch moved to %s: fenced", sid, epoch)
                         h.task.cancel()
                         self.stats.fenced += 1
-                    else:
+                    elif self.held.get(sid) is h:  # not ended or handed off meanwhile
                         mine.append((sid, h))
                 await ctx.ownership.refresh([h.control_id for _, h in mine])
                 now = time.time()
@@ -327,6 +355,18 @@ class Transcriber:
                                timeout=self.settings.drain_grace_seconds)
             await self._stop_and_handoff(own, finishing)
 
+    async def _leave_group(self, own: Ownership) -> None:
+        """Delete this worker's consumer from the group once nothing is pending for it, so a
+        fleet that scales up and down does not leave a consumer per pod that ever ran."""
+        try:
+            if await own.leave_group():
+                log.info("worker %s: left the consumer group", self.name)
+            else:
+                log.info("worker %s: entries still pending; consumer kept for takeover",
+                         self.name)
+        except REDIS_DOWN as e:
+            log.warning("leaving the consumer group: Redis unavailable (%s)", e)
+
     async def _stop_and_handoff(self, own: Ownership, held: list[_Held]) -> None:
         await cancel_all([h.task for h in held])
         left = [h for h in held if h.runner.status is None]
@@ -340,6 +380,19 @@ class Transcriber:
             log.info("worker %s: handed off %d session(s)", self.name, len(left))
         except REDIS_DOWN as e:
             log.warning("drain: Redis unavailable (%s); claims will go stale instead", e)
+
+
+async def _until_stopped(work: Awaitable[object], stop: asyncio.Event) -> bool:
+    """Await ``work`` unless ``stop`` is set first (then cancel it): True if it finished."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if task.done():
+        task.result()
+        return True
+    await cancel_all([task])
+    return False
 
 
 async def cancel_all(tasks: list[asyncio.Task[object]]) -> None:
