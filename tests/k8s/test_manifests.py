@@ -354,10 +354,36 @@ def test_triggers_reach_the_redis_the_pods_use(docs: tuple[Doc, ...], overlay: s
                 assert t["metadata"]["address"] == \
                     f"{svc['metadata']['name']}.voxq.svc.cluster.local:{port}"
                 assert port in {p["port"] for p in svc["spec"]["ports"]}
+            elif so["metadata"]["name"] == "voxq-tts-worker":
+                # RQ's keys live on the single Redis of VOXQ_RQ_REDIS_URL, not on the cluster
+                assert t["type"] == "redis"
+                assert t["authenticationRef"]["name"] == "voxq-rq-redis" in auths
+                assert not {"address", "addresses", "host", "password"} & set(t["metadata"])
             else:
                 assert t["type"].startswith("redis-cluster")
-                assert t["authenticationRef"]["name"] in auths
+                assert t["authenticationRef"]["name"] == "voxq-redis" in auths
                 assert not {"address", "addresses", "host", "password"} & set(t["metadata"])
+
+
+def test_prod_points_rq_at_its_own_redis_and_waits_for_replicas(
+        docs: tuple[Doc, ...], overlay: str, config: dict[str, str],
+        clean_env: pytest.MonkeyPatch) -> None:
+    """With a cluster as REDIS_URL, the pods that touch RQ (API enqueues, TTS worker runs) get
+    VOXQ_RQ_REDIS_URL from the Secret, and KEDA reads RQ's keys on that same Redis."""
+    if overlay != "prod":
+        pytest.skip("prod only")
+    assert settings_from(config, clean_env).wait_replicas == 1
+    for w, c in containers(docs):
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c.get("env") or []
+                if "secretKeyRef" in e.get("valueFrom", {})}
+        if role(c) in ("api", "tts-worker"):
+            assert refs.get("VOXQ_RQ_REDIS_URL") == {"name": "voxq-redis",
+                                                    "key": "VOXQ_RQ_REDIS_URL"}, w
+        else:
+            assert "VOXQ_RQ_REDIS_URL" not in refs, w["metadata"]["name"]
+    ta = one(docs, "TriggerAuthentication", "voxq-rq-redis")
+    assert {(r["parameter"], r["key"]) for r in ta["spec"]["secretTargetRef"]} == {
+        ("address", "rq_address"), ("password", "rq_password"), ("tls", "rq_tls")}
 
 
 # --- selectors, probes, ports --------------------------------------------------------------------
