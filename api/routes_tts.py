@@ -290,9 +290,15 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1)
 
 
-@router.api_route("/tts/{job_id}/audio", methods=["GET", "HEAD"], summary="The job's MP3",
-                  response_class=Response,
-                  responses={200: {"content": {"audio/mpeg": {}}}, 206: {"description": "A byte range"}})
+_AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"audio/mpeg": {}}}, 206: {"description": "A byte range"}}
+
+
+# GET and HEAD as two routes (one route with both methods gives both one OpenAPI operation id)
+@router.head("/tts/{job_id}/audio", summary="The job's MP3: headers only",
+             response_class=Response, responses=_AUDIO_RESPONSES)
+@router.get("/tts/{job_id}/audio", summary="The job's MP3",
+            response_class=Response, responses=_AUDIO_RESPONSES)
 async def get_audio(job_id: str, request: Request, state: State) -> Response:
     """The MP3 (``audio/mpeg``) with Content-Length; a single ``Range: bytes=`` range gives 206."""
     try:
