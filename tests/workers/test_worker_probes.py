@@ -94,7 +94,7 @@ async def test_probes_answer_before_redis_does_and_ready_follows_the_group(
                 assert (await c.get(f"{base}/healthz")).status_code == 200
                 assert (await c.get(f"{base}/readyz")).status_code == 503
                 await asyncio.sleep(0.2)
-            with RedisServer(port) as server:
+            with RedisServer(port):
                 for _ in range(200):
                     if (await c.get(f"{base}/readyz")).status_code == 200:
                         break
