@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from api.app import create_app
+from api.connection_guard import ConnectionLimits, ensure_descriptors, guarded_protocol
 from voxq.redis_conn import redis_url
-from voxq.settings import get_settings
+from voxq.settings import Settings, get_settings
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,14 +43,14 @@ def port_number(text: str) -> int:
     return value
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
     """A listening TCP socket on host:port (bound here so port 0 resolves before we print)."""
     family, kind, proto, _, addr = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(addr)
-    sock.listen(2048)
+    sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
 
@@ -86,16 +88,31 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+def server_config(app: FastAPI, settings: Settings, limits: ConnectionLimits) -> uvicorn.Config:
+    """uvicorn's configuration: the guarded h11 protocol and every limit from settings; logs go
+    through voxq's handlers (log_config=None), where repeated records are bounded."""
+    return uvicorn.Config(
+        app, http=guarded_protocol(limits), log_config=None,
+        log_level=settings.log_level.lower(), access_log=False, proxy_headers=False,
+        timeout_graceful_shutdown=5, timeout_keep_alive=settings.api_keepalive_timeout_seconds,
+        h11_max_incomplete_event_size=settings.api_max_header_bytes,
+        backlog=settings.api_backlog)
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; prints the URL once listening."""
     settings = get_settings()
     host = args.host or settings.api_host
     port = settings.api_port if args.port is None else args.port
+    cap = ensure_descriptors(settings.api_max_connections, settings.api_backlog,
+                             configured="api_max_connections" in settings.model_fields_set)
+    limits = ConnectionLimits(header_timeout=settings.api_header_timeout_seconds,
+                              body_timeout=settings.api_body_timeout_seconds,
+                              max_connections=cap)
     with stop_on_signals(), redis_url(settings) as url:
-        sock = bind(host, port)
+        sock = bind(host, port, settings.api_backlog)
         app = create_app(settings, url)
-        config = uvicorn.Config(app, log_level=settings.log_level.lower(), access_log=False,
-                                proxy_headers=False, timeout_graceful_shutdown=5)
+        config = server_config(app, settings, limits)
         print(f"voxq api: listening on {url_of(sock)} (docs at {url_of(sock)}/docs)",
               flush=True)
         try:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import select
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -56,10 +57,12 @@ def test_url_of_bound_socket() -> None:
 
 
 @contextmanager
-def serving(env: dict[str, str]) -> Iterator[str]:
-    """Start `voxq api --port 0` and yield the URL it printed; SIGINT it afterwards."""
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, "api", "--port", "0"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def serving(env: dict[str, str], files: int | None = None) -> Iterator[str]:
+    """Start `voxq api --port 0` and yield the URL it printed; SIGINT it afterwards. With
+    ``files``, the whole `voxq` command runs under that open-file hard limit."""
+    cmd = ([sys.executable, "-m", "voxq"] if files else [sys.executable, "-c", RUNNER])
+    proc = subprocess.Popen([*cmd, "api", "--port", "0"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=file_limit(files))
     try:
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 30)
@@ -76,6 +79,13 @@ def serving(env: dict[str, str]) -> Iterator[str]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def file_limit(files: int | None) -> Callable[[], None] | None:
+    """A preexec_fn that sets RLIMIT_NOFILE (soft and hard) to ``files`` in the child."""
+    if files is None:
+        return None
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
 
 
 def get(url: str) -> httpx.Response:
@@ -132,3 +142,20 @@ def test_signal_stops_cleanly_and_the_embedded_redis_with_it(env: dict[str, str]
     host, port = host_port.rsplit(":", 1)
     with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=2):
         pass  # the embedded redis-server is gone
+
+
+def test_default_connection_cap_fits_a_low_open_file_limit(env: dict[str, str]) -> None:
+    """With `ulimit -Hn 1024` (a build sandbox, a small VM) the default cap of 2000 connections
+    cannot fit: the API starts with what fits and says so, instead of refusing to start."""
+    with serving(env, files=1024) as url:
+        assert get(f"{url}/healthz").json() == {"status": "ok"}
+
+
+def test_configured_connection_cap_past_the_hard_limit_is_a_clear_error(
+        env: dict[str, str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "voxq", "api", "--port", "0"],
+                          env={**env, "VOXQ_API_MAX_CONNECTIONS": "2000"}, capture_output=True,
+                          text=True, timeout=60, preexec_fn=file_limit(1024))
+    assert proc.returncode == 2, proc.stderr
+    assert "VOXQ_API_MAX_CONNECTIONS=2000 needs 2256 open files" in proc.stderr
+    assert "hard limit is 1024" in proc.stderr and "Traceback" not in proc.stderr
