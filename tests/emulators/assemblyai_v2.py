@@ -1,7 +1,7 @@
 """A strict local emulator of AssemblyAI's legacy real-time API (v2), for tests.
 
 A real WebSocket server on a free loopback port (``/v2/realtime/ws``) and a small HTTP server
-for ``POST /v2/realtime/token``, answering what ``shared/protocols/assemblyai.md`` Part B says
+for ``POST /v2/realtime/token``, answering what ``docs/protocols/assemblyai.md``, "v2 emulator checklist", says
 the service answers (numbers: its v2 emulator checklist). v2 reports problems with a close
 code only (no error frame), except ``{"error": "Client sent audio too fast"}`` before 4029:
 
@@ -53,6 +53,7 @@ from websockets.http11 import Request, Response
 
 from tests.emulators.common import LOOPBACK, serve_loopback
 from tests.emulators.tone_words import ToneSegmenter, ToneWord
+from voxq.aio import within
 from voxq.settings import Settings
 
 API_KEY = "aai-v2-emulator-key-fedcba9876543210"
@@ -150,7 +151,7 @@ class TokenServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            head = await within(reader.readuntil(b"\r\n\r\n"), 5)
             lines = head.decode("latin-1").split("\r\n")
             method, target, _ = lines[0].split(" ", 2)
             headers = {k.strip().lower(): v.strip()
@@ -337,7 +338,7 @@ class AssemblyAIV2Emulator:
         while True:
             deadline = min(last_audio + cfg.idle_timeout, opened + cfg.max_session_seconds)
             try:
-                frame = await asyncio.wait_for(ws.recv(), max(0.0, deadline - time.monotonic()))
+                frame = await within(ws.recv(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 await self._close(ws, s, 4008 if time.monotonic() >= opened + cfg.max_session_seconds
                                   else 4031)

@@ -1,7 +1,7 @@
 """A strict local emulator of AssemblyAI Universal Streaming (v3), for tests.
 
 A real WebSocket server on a free loopback port (``/v3/ws``) plus the temporary-token endpoint
-(``GET /v3/token``) on the same port, answering what ``shared/protocols/assemblyai.md`` Part A
+(``GET /v3/token``) on the same port, answering what ``docs/protocols/assemblyai.md``, "v3 emulator checklist",
 says the service answers (the numbers are its emulator checklist):
 
   * auth (#1, #2): ``Authorization: <key>`` (raw, no scheme) or ``?token=`` of a token this
@@ -45,7 +45,6 @@ Fault knobs: ``emulator.faults`` is a queue of :class:`Fault`, one per new conne
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -64,6 +63,7 @@ from websockets.http11 import Request, Response
 
 from tests.emulators.common import LOOPBACK, serve_loopback
 from tests.emulators.tone_words import ToneSegmenter, ToneWord
+from voxq.aio import within
 from voxq.settings import Settings
 
 API_KEY = "aai-emulator-key-0123456789abcdef"
@@ -443,7 +443,7 @@ class AssemblyAIV3Emulator:
             remaining = max(0.0, opened + max_session - time.monotonic())
             try:
                 limit = remaining if timeout is None else min(timeout, remaining)
-                frame = await asyncio.wait_for(ws.recv(), limit)
+                frame = await within(ws.recv(), limit)
             except TimeoutError:
                 if time.monotonic() >= opened + max_session:
                     await self._fail(ws, s, 3008, SESSION_EXPIRED)

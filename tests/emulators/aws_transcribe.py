@@ -1,7 +1,7 @@
 """A strict local emulator of Amazon Transcribe streaming's WebSocket API, for tests.
 
 It is a real WebSocket server (``websockets.asyncio.server``) on a free loopback port that
-answers what ``shared/protocols/aws-transcribe.md`` says the service answers (section numbers
+answers what ``docs/protocols/aws-transcribe.md``, "Emulator checklist", says the service answers (section numbers
 below refer to it), so the client is proven against the protocol, not against itself:
 
 Handshake (§1, §2, §8 #1-#6), checked before the upgrade:
@@ -82,6 +82,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from tests.emulators.common import LOOPBACK, serve_loopback
+from voxq.aio import within
 from voxq.settings import Settings
 from workers.vendors.aws.eventstream import (
     EventStreamError,
@@ -769,7 +770,7 @@ class AwsTranscribeEmulator:
             await self._receive(ws, log, rate, channels, recognizers, out)
             out.put_nowait(None)  # the last finals, then the service closes (§7 step 3)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(sender), cfg.result_delay + 5.0)
+                await within(asyncio.shield(sender), cfg.result_delay + 5.0)
             with contextlib.suppress(ConnectionClosed):
                 await ws.close(1000, "Streaming completed successfully")
         finally:
@@ -863,7 +864,7 @@ class AwsTranscribeEmulator:
         while True:
             try:
                 remaining = cfg.no_audio_timeout - (time.monotonic() - last)
-                frame = await asyncio.wait_for(ws.recv(), max(remaining, 0.0))
+                frame = await within(ws.recv(), max(remaining, 0.0))
             except TimeoutError:
                 await self._fail(ws, log, "BadRequestException",
                                  timeout_message(cfg.no_audio_timeout))

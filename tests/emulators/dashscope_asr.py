@@ -1,7 +1,7 @@
 """A strict local emulator of DashScope's inference WebSocket for Paraformer real-time ASR.
 
 A real WebSocket server (``websockets.asyncio.server``) on a free loopback port that answers
-what ``shared/protocols/dashscope.md`` says the service answers (§6 checklist numbers below):
+what ``docs/protocols/dashscope.md``, "Emulator checklist", says the service answers (numbers below):
 
 Handshake, before the upgrade:
   * path other than ``/api-ws/v1/inference`` (trailing ``/`` allowed) → HTTP 404 (#1);
@@ -25,6 +25,11 @@ header, ``attributes: {}``, payload ``{}``) then a 1000 close:
     (``config.task_started_delay`` makes that window visible), or a frame over
     ``config.max_frame_bytes`` → ``InvalidParameter`` (#7, #12, #13);
   * an odd number of PCM bytes over the task → ``NO_VALID_AUDIO_ERROR`` at ``finish-task`` (#14);
+  * ``format: "wav"``: the stream is a WAV file, header included (as the official samples send
+    it, ``docs/protocols/dashscope.md``): only the samples of its ``data`` chunk are audio;
+    a stream that does not start with a RIFF/WAVE header, or whose ``fmt`` is not 16-bit mono
+    PCM at the task's rate → ``NO_VALID_AUDIO_ERROR`` (#14), as is a task finished before its
+    ``data`` chunk began;
   * no binary frame for ``config.no_audio_timeout`` (23 s) while a task runs → ``CLIENT_ERROR``
     / ``request timeout after 23 seconds.`` (#15); with ``heartbeat`` off, only digital silence
     for ``config.silence_timeout`` (60 s) → ``RequestTimeOut`` / ``Response timeout!`` (#17,
@@ -49,10 +54,10 @@ drop the TCP connection after N audio frames. Every connection is recorded in
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import math
+import struct
 import time
 import uuid
 from collections import deque
@@ -69,6 +74,7 @@ from websockets.http11 import Request, Response
 
 from tests.emulators.aws_transcribe import ResultOptions, ToneChannel
 from tests.emulators.common import LOOPBACK, serve_loopback
+from voxq.aio import within
 from voxq.settings import Settings
 
 API_KEY = "sk-voxqemulator0000000000000001"
@@ -78,6 +84,35 @@ MODEL_RATES: dict[str, int | None] = {
     "paraformer-realtime-v1": 16000, "paraformer-realtime-8k-v1": 8000,
 }
 FORMATS = frozenset({"pcm", "wav", "mp3", "opus", "speex", "aac", "amr"})
+MAX_WAV_HEADER = 64 * 1024  # header bytes before the data chunk the emulator accepts
+
+
+def wav_data_offset(head: bytes, rate: int) -> int | None:
+    """Where the samples of a WAV stream start (None: header not complete yet); ValueError if
+    it is no RIFF/WAVE stream or not 16-bit mono PCM at ``rate``."""
+    if len(head) >= 12 and (head[:4] != b"RIFF" or head[8:12] != b"WAVE"):
+        raise ValueError("wav audio without a RIFF header")
+    pos, fmt_ok = 12, False
+    while len(head) >= pos + 8:
+        chunk, size = head[pos:pos + 4], struct.unpack("<I", head[pos + 4:pos + 8])[0]
+        if chunk == b"data":
+            if not fmt_ok:
+                raise ValueError("wav data before its fmt chunk")
+            return pos + 8
+        if len(head) < pos + 8 + size:
+            return None
+        if chunk == b"fmt ":
+            if size < 16:
+                raise ValueError("wav fmt chunk too short")
+            kind, channels, fmt_rate = struct.unpack("<HHI", head[pos + 8:pos + 16])
+            bits = struct.unpack("<H", head[pos + 22:pos + 24])[0]
+            if kind != 1 or bits != 16 or channels != 1:
+                raise ValueError("wav must hold 16-bit mono PCM")
+            if fmt_rate != rate:
+                raise ValueError(f"wav rate {fmt_rate} differs from sample_rate {rate}")
+            fmt_ok = True
+        pos += 8 + size + (size & 1)
+    return None
 HINTS = frozenset({"zh", "en", "ja", "yue", "ko", "de", "fr", "ru"})
 VOCABULARY = "vocab-voxq-0001"
 PHRASE = "phrase-voxq-0001"
@@ -94,12 +129,18 @@ def timeout_message(seconds: float) -> str:
     return f"request timeout after {seconds:g} seconds."
 
 
+TASK_TOO_LONG = "The task exceeded its maximum duration."
+
+
 @dataclass
 class EmulatorConfig:
     """Limits and behaviour; tests change fields before (or between) connections."""
 
     api_keys: set[str] = field(default_factory=lambda: {API_KEY})
     no_audio_timeout: float = 23.0
+    #: a task that has received more audio than this fails (a task-length limit, shortened to
+    #: seconds by the rolling tests; DashScope states none)
+    max_task_seconds: float | None = None
     silence_timeout: float = 60.0
     idle_timeout: float = 60.0
     max_frame_bytes: int = 1 << 20
@@ -302,6 +343,7 @@ class _Connection:
         self.started_at: float | None = None  # when task-started was sent
         self.recognizer: ToneChannel | None = None
         self.carry = b""
+        self.wav_head: bytearray | None = None  # a wav task's header bytes, until its data
         self.last_audio = time.monotonic()
         self.last_sound = time.monotonic()
         self.quiet_audio = 0.0  # seconds of audio since the last result or heartbeat
@@ -335,7 +377,7 @@ class _Connection:
             else:
                 timeout = self.cfg.no_audio_timeout - (time.monotonic() - self.last_audio)
             try:
-                frame = await asyncio.wait_for(self.ws.recv(), max(timeout, 0.0))
+                frame = await within(self.ws.recv(), max(timeout, 0.0))
             except TimeoutError:
                 if self.task is None:
                     with contextlib.suppress(ConnectionClosed):
@@ -443,12 +485,13 @@ class _Connection:
                                       self.cfg.silence_rms, self.cfg.word_gap,
                                       self.cfg.utterance_gap)
         self.carry = b""
+        self.wav_head = bytearray() if params.get("format") == "wav" else None
         self.quiet_audio = 0.0
         self.started_at = None
         if self.cfg.task_started_delay:  # anything arriving now came before task-started
             with contextlib.suppress(TimeoutError):
                 try:
-                    early = await asyncio.wait_for(self.ws.recv(), self.cfg.task_started_delay)
+                    early = await within(self.ws.recv(), self.cfg.task_started_delay)
                 except ConnectionClosed:
                     raise _Closed from None
                 what = "Audio" if isinstance(early, bytes) else "An instruction"
@@ -466,6 +509,8 @@ class _Connection:
             await self.fail("InvalidParameter", INVALID_PAYLOAD)
         if task.params.get("format") == "pcm" and len(task.audio) % 2:
             await self.fail("NO_VALID_AUDIO_ERROR", "Invalid audio: an odd number of PCM bytes.")
+        if task.params.get("format") == "wav" and self.wav_head is not None:
+            await self.fail("NO_VALID_AUDIO_ERROR", "Invalid audio: no wav data chunk.")
         assert self.recognizer is not None
         await self._results(self.recognizer.flush())
         task.finished = True
@@ -489,6 +534,9 @@ class _Connection:
         self.log.frames += 1
         task.audio += frame
         task.frame_sizes.append(len(frame))
+        if self.cfg.max_task_seconds is not None \
+                and len(task.audio) / 2 / task.rate > self.cfg.max_task_seconds:
+            await self.fail("RequestTimeOut", TASK_TOO_LONG)
         fault = self.log.fault
         if fault is not None and fault.kind != "http" and self.log.frames >= fault.after_frames:
             if fault.kind == "abort":
@@ -496,6 +544,8 @@ class _Connection:
                 self.ws.transport.abort()
                 raise _Closed
             await self.fail(fault.code, fault.message)
+        if self.wav_head is not None:
+            frame = await self._wav_samples(frame, task.rate)
         data = self.carry + frame
         whole = len(data) // 2 * 2
         self.carry = data[whole:]
@@ -517,6 +567,22 @@ class _Connection:
             await self._send("result-generated", {"output": {"sentence": {
                 "begin_time": 0, "end_time": None, "text": "", "heartbeat": True,
                 "sentence_end": False, "sentence_id": 0, "words": []}}, "usage": None})
+
+    async def _wav_samples(self, frame: bytes, rate: int) -> bytes:
+        """The samples in ``frame`` of a WAV stream whose header is still being read."""
+        assert self.wav_head is not None
+        self.wav_head += frame
+        try:
+            start = wav_data_offset(bytes(self.wav_head), rate)
+        except ValueError as e:
+            await self.fail("NO_VALID_AUDIO_ERROR", f"Invalid audio: {e}.")
+        if start is None:
+            if len(self.wav_head) > MAX_WAV_HEADER:
+                await self.fail("NO_VALID_AUDIO_ERROR", "Invalid audio: wav header too long.")
+            return b""
+        samples = bytes(self.wav_head[start:])
+        self.wav_head = None
+        return samples
 
     async def _results(self, results: list[dict[str, Any]]) -> None:
         """Send tone-code results as result-generated sentences."""

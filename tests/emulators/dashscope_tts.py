@@ -1,7 +1,7 @@
 """A strict local emulator of DashScope's inference WebSocket for CosyVoice streaming TTS.
 
-A real WebSocket server on a free loopback port answering what ``shared/protocols/dashscope.md``
-§1, §3 and the §6 checklist say (numbers below are checklist items):
+A real WebSocket server on a free loopback port answering what ``docs/protocols/dashscope.md``,
+"Emulator checklist" (and §1, §3 there) says (numbers below are checklist items):
 
 Handshake, before the upgrade: a path other than ``/api-ws/v1/inference`` (trailing ``/``
 allowed) → HTTP 404 (#1); ``Authorization`` missing, not ``Bearer`` (case-insensitive) or an
@@ -60,6 +60,7 @@ from websockets.http11 import Request, Response
 
 from tests.emulators.common import LOOPBACK, serve_loopback
 from tests.emulators.tts_audio import mp3_tone, speech_seconds
+from voxq.aio import within
 from voxq.settings import Settings
 
 API_KEY = "sk-voxqttsemulator000000000000001"
@@ -260,7 +261,7 @@ class _Connection:
         while True:
             timeout = self.cfg.idle_timeout if self.task is None else self.cfg.text_timeout
             try:
-                frame = await asyncio.wait_for(self.ws.recv(), timeout)
+                frame = await within(self.ws.recv(), timeout)
             except TimeoutError:
                 if self.task is None:
                     with contextlib.suppress(ConnectionClosed):

@@ -1,6 +1,6 @@
 """A strict local emulator of Deepgram live streaming (``/v1/listen``), for tests.
 
-A real WebSocket server on a free loopback port that answers what ``shared/protocols/deepgram.md``
+A real WebSocket server on a free loopback port that answers what ``docs/protocols/deepgram.md``, "Emulator checklist",
 says the service answers (numbers: its emulator checklist):
 
 Before the upgrade (HTTP errors carry ``dg-request-id`` and ``dg-error`` headers and a JSON
@@ -23,6 +23,10 @@ After the upgrade (no message at open; errors are close frames):
   * #9 a text frame that is not JSON or has an unknown ``type`` → close 1008 DATA-0000
     (``bad_text="close"``) or ignored (``"ignore"``);
   * #11 the emulator records whether audio ever ran ahead of 1.25× real time (+ a burst);
+  * ``Configure`` (``docs/protocols/deepgram.md``) changes ``features.numerals`` (a boolean) and,
+    on Nova-3 models, replaces ``keyterms`` (a list of strings; ``null`` keeps them) while the
+    stream keeps running; each gets exactly one ``ConfigureSuccess`` (with the keyterms in
+    effect when they were replaced) or ``ConfigureFailure`` (the stream stays open);
   * #12 ``Finalize`` → finals for the buffered words with ``from_finalize: true``; #13
     ``CloseStream`` → the last finals, ``Metadata``, close 1000; #14 partial frames buffered.
 
@@ -42,7 +46,6 @@ Fault knobs: ``emulator.faults`` is a queue of :class:`Fault`, one per new conne
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -62,6 +65,7 @@ from websockets.http11 import Request, Response
 
 from tests.emulators.common import LOOPBACK, serve_loopback
 from tests.emulators.tone_words import ToneSegmenter, ToneWord, downmix
+from voxq.aio import within
 from voxq.settings import Settings
 
 API_KEY = "dg-emulator-key-00112233445566778899"
@@ -86,6 +90,7 @@ OTHER_PARAMS = frozenset({"model", "encoding", "sample_rate", "channels", "endpo
                           "utterance_end_ms", "diarize_model", "language", "keyterm", "keywords",
                           "search", "replace", "redact", "tag", "extra", "callback",
                           "callback_method", "version"})
+STREAM_TOO_LONG = "the stream exceeded its maximum duration"
 NET0001 = ("Deepgram did not receive audio data or a text message within the timeout window. "
            "See https://dpgr.am/net0001")
 NET0000 = ("Deepgram did not provide a response message within the timeout window. "
@@ -112,6 +117,9 @@ class DgConfig:
     no_endpointing_gap: float = 1.0
     silence_rms: float = 500.0
     word_gap: float = 0.05
+    #: a stream that has received more audio than this is closed 1011 (a session-length limit,
+    #: shortened to seconds by the rolling tests; Deepgram documents none)
+    max_stream_seconds: float | None = None
 
 
 @dataclass
@@ -146,6 +154,8 @@ class DgStream:
     sent: list[dict[str, Any]] = field(default_factory=list)
     close: tuple[int, str] | None = None
     too_fast: bool = False
+    numerals: bool | None = None  # set by Configure
+    keyterms: list[str] | None = None  # set by Configure (Nova-3)
     ws: ServerConnection | None = None
 
     @property
@@ -375,7 +385,7 @@ class DeepgramEmulator:
         while True:
             try:
                 remaining = last + cfg.net0001_timeout - time.monotonic()
-                frame = await asyncio.wait_for(ws.recv(), max(0.0, remaining))
+                frame = await within(ws.recv(), max(0.0, remaining))
             except TimeoutError:
                 with contextlib.suppress(_Closed):
                     await self._send(ws, s, self._metadata(s, seconds, channels))
@@ -393,6 +403,9 @@ class DeepgramEmulator:
                         last = now
                     continue
                 last = now
+                if kind == "Configure":
+                    await self._send(ws, s, self._configure(s, msg))
+                    continue
                 if kind == "Finalize":
                     only = msg.get("channel")
                     for c, ch in enumerate(chans):
@@ -415,6 +428,8 @@ class DeepgramEmulator:
             whole = len(data) // frame_bytes * frame_bytes
             carry = data[whole:]
             seconds = len(s.audio) // frame_bytes / rate
+            if cfg.max_stream_seconds is not None and seconds > cfg.max_stream_seconds:
+                await self._close(ws, s, 1011, STREAM_TOO_LONG)
             if seconds > (now - first_audio) * cfg.realtime_factor + cfg.burst_seconds:
                 s.too_fast = True
             if encoding == "linear16" and whole:
@@ -431,7 +446,8 @@ class DeepgramEmulator:
             msg = json.loads(frame)
         except ValueError:
             msg = None
-        ok = isinstance(msg, dict) and msg.get("type") in ("KeepAlive", "Finalize", "CloseStream")
+        ok = isinstance(msg, dict) and msg.get("type") in ("KeepAlive", "Finalize", "CloseStream",
+                                                           "Configure")
         if ok and isinstance(msg, dict) and msg.get("type") == "Finalize" and "channel" in msg:
             ch = msg["channel"]
             ok = isinstance(ch, int) and not isinstance(ch, bool) and ch >= 0
@@ -442,6 +458,32 @@ class DeepgramEmulator:
         assert isinstance(msg, dict)
         s.received.append(msg)
         return msg
+
+    @staticmethod
+    def _configure(s: DgStream, msg: dict[str, Any]) -> dict[str, Any]:
+        """Apply a Configure message; the one ConfigureSuccess or ConfigureFailure it gets."""
+        def failure(why: str) -> dict[str, Any]:
+            return {"type": "ConfigureFailure", "request_id": s.request_id, "description": why}
+
+        features = msg.get("features")
+        if features is not None and not isinstance(features, dict):
+            return failure("features must be an object")
+        numerals = (features or {}).get("numerals")
+        if numerals is not None and not isinstance(numerals, bool):
+            return failure("features.numerals must be a boolean")
+        keyterms = msg.get("keyterms")
+        if keyterms is not None:
+            if not (isinstance(keyterms, list) and all(isinstance(k, str) for k in keyterms)):
+                return failure("keyterms must be an array of strings")
+            if not s.query.get("model", "nova-3").startswith("nova-3"):
+                return failure("keyterms can be configured on Nova-3 models only")
+        if numerals is not None:
+            s.numerals = numerals
+        out: dict[str, Any] = {"type": "ConfigureSuccess", "request_id": s.request_id}
+        if keyterms is not None:
+            s.keyterms = list(keyterms)
+            out["keyterms"] = s.keyterms
+        return out
 
     async def _end(self, ws: ServerConnection, s: DgStream, chans: list[_Channel],
                    q: dict[str, str], seconds: float, channels: int) -> NoReturn:

@@ -56,6 +56,7 @@ from pydantic import SecretStr
 
 from tests.emulators.common import LOOPBACK
 from tests.emulators.tts_audio import mp3_tone, speech_seconds
+from voxq.aio import within
 from voxq.settings import Settings
 
 ACCESS_KEY = "AKIAVOXQPOLLYEMULATOR"
@@ -207,7 +208,7 @@ class PollyEmulator:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
+                await within(self._server.wait_closed(), 2)
 
     # --- HTTP -----------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +28,7 @@ from tests.emulators.dashscope_asr import (
     Fault,
     timeout_message,
 )
+from voxq.aio import within
 
 TASK = "2bf83b9a-baeb-4fda-8d9a-000000000001"
 
@@ -60,7 +62,7 @@ def finish(task_id: str = TASK) -> dict[str, Any]:
 
 async def event(ws: ClientConnection) -> dict[str, Any]:
     """The next server message: always JSON in a text frame for recognition."""
-    raw = await asyncio.wait_for(ws.recv(), 5)
+    raw = await within(ws.recv(), 5)
     assert isinstance(raw, str), raw
     doc: dict[str, Any] = json.loads(raw)
     assert doc["header"]["attributes"] == {}
@@ -82,7 +84,7 @@ async def failure(ws: ClientConnection) -> tuple[str, str]:
             break
     assert doc["payload"] == {}
     with pytest.raises(ConnectionClosed):
-        await asyncio.wait_for(ws.recv(), 5)
+        await within(ws.recv(), 5)
     assert ws.close_code == 1000
     return doc["header"]["error_code"], doc["header"]["error_message"]
 
@@ -245,6 +247,46 @@ async def test_frame_size_cap_and_odd_pcm(emu: DashScopeEmulator) -> None:
     assert code == "InvalidParameter" and "too large" in message
 
 
+def wav_file(pcm: bytes, rate: int = 16000, extra: bytes = b"") -> bytes:
+    """A WAV file of mono s16 ``pcm``, with a LIST chunk of ``extra`` before its data."""
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    if extra:
+        chunks += b"LIST" + struct.pack("<I", len(extra)) + extra
+    chunks += b"data" + struct.pack("<I", len(pcm)) + pcm
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+async def test_wav_header_is_not_audio(emu: DashScopeEmulator) -> None:
+    pcm = silence(0.2) + tone(500, 0.3) + silence(0.4)
+    got: dict[str, list[dict[str, Any]]] = {}
+    for fmt, stream in (("pcm", pcm), ("wav", wav_file(pcm, extra=b"\x7f" * 4000))):
+        async with open_ws(emu) as ws:
+            await started(ws, run_task(task_id=f"{TASK[:-3]}{fmt}", format=fmt))
+            for i in range(0, len(stream), 3200):
+                await ws.send(stream[i:i + 3200])
+            await ws.send(json.dumps(finish(f"{TASK[:-3]}{fmt}")))
+            got[fmt] = [s for doc in await results_until_finished(ws)
+                        if (s := doc["payload"]["output"]["sentence"])["sentence_end"]]
+    assert got["wav"] == got["pcm"]  # same words at the same times: the header was skipped
+    assert [s["text"] for s in got["wav"]] == ["tone500."]
+
+
+@pytest.mark.parametrize(("stream", "why"), [
+    (bytes(3200), "RIFF"),
+    (wav_file(bytes(3200), rate=8000), "rate"),
+    (wav_file(bytes(3200)).replace(b"\x01\x00\x01\x00", b"\x03\x00\x01\x00", 1), "PCM"),
+    (wav_file(bytes(3200))[:30], "data"),
+], ids=["no-riff", "other-rate", "float", "no-data"])
+async def test_bad_wav_is_no_valid_audio(emu: DashScopeEmulator, stream: bytes, why: str) -> None:
+    async with open_ws(emu) as ws:
+        await started(ws, run_task(format="wav"))
+        await ws.send(stream)
+        await ws.send(json.dumps(finish()))
+        code, message = await failure(ws)
+    assert code == "NO_VALID_AUDIO_ERROR" and why in message
+
+
 async def test_timers(emu: DashScopeEmulator) -> None:
     emu.config.no_audio_timeout = 0.4
     async with open_ws(emu) as ws:
@@ -256,7 +298,7 @@ async def test_timers(emu: DashScopeEmulator) -> None:
     emu.config.idle_timeout = 0.3
     async with open_ws(emu) as ws:  # no task at all: closed, no event
         with pytest.raises(ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), 5)
+            await within(ws.recv(), 5)
     emu.config.silence_timeout = 0.3
     emu.config.no_audio_timeout = 5.0
     async with open_ws(emu) as ws:
@@ -328,7 +370,7 @@ async def test_fault_knobs(emu: DashScopeEmulator) -> None:
         await started(ws)
         with pytest.raises(ConnectionClosedError) as closed:
             await ws.send(silence(0.1))
-            await asyncio.wait_for(ws.recv(), 5)
+            await within(ws.recv(), 5)
         assert closed.value.rcvd is None  # no close frame: an abrupt drop
     async with open_ws(emu) as ws:  # the queue is spent: a healthy connection
         await started(ws)

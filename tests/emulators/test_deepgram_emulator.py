@@ -118,6 +118,27 @@ async def test_undecodable_audio_and_text(emu: DeepgramEmulator) -> None:
     assert code == 1000
 
 
+async def test_configure_changes_settings_without_closing(emu: DeepgramEmulator) -> None:
+    frames = [bytes(3200),
+              json.dumps({"type": "Configure", "features": {"numerals": True}}),
+              json.dumps({"type": "Configure", "keyterms": ["voxq", "call centre"]}),
+              json.dumps({"type": "Configure", "features": {"numerals": "yes"}}),
+              json.dumps({"type": "Configure", "keyterms": "voxq"}),
+              bytes(3200), '{"type":"CloseStream"}']
+    msgs, code, _ = await exchange(emu, f"model=nova-3&{RAW}", frames=frames)
+    assert code == 1000  # the stream kept running through every Configure
+    answers = [m for m in msgs if m["type"].startswith("Configure")]
+    assert [m["type"] for m in answers] == ["ConfigureSuccess", "ConfigureSuccess",
+                                            "ConfigureFailure", "ConfigureFailure"]
+    assert answers[1]["keyterms"] == ["voxq", "call centre"] and "keyterms" not in answers[0]
+    [s] = emu.streams
+    assert s.numerals is True and s.keyterms == ["voxq", "call centre"]
+    assert len(s.audio) == 6400
+    msgs, code, _ = await exchange(emu, f"model=nova-2&{RAW}", frames=[
+        json.dumps({"type": "Configure", "keyterms": ["x"]}), '{"type":"CloseStream"}'])
+    assert code == 1000 and msgs[0]["type"] == "ConfigureFailure" and "Nova-3" in msgs[0]["description"]
+
+
 async def test_net0001_and_keepalive(emu: DeepgramEmulator) -> None:
     emu.config.net0001_timeout = 0.4
     msgs, code, reason = await exchange(emu, frames=[None], pause=1.0)

@@ -3,7 +3,6 @@ framing, request JSON, sequences, audio, timers) and answers with the documented
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gzip
 import json
@@ -26,6 +25,7 @@ from tests.emulators.volcengine_asr import (
     VolcengineEmulator,
     parse_client_frame,
 )
+from voxq.aio import within
 from workers.vendors.volcengine import frames as f
 from workers.vendors.volcengine.frames import Frame, MessageType
 
@@ -65,7 +65,7 @@ def request(**changes: Any) -> dict[str, Any]:
 
 async def frame(ws: ClientConnection) -> Frame:
     """The next server frame, decoded by the client codec."""
-    raw = await asyncio.wait_for(ws.recv(), 5)
+    raw = await within(ws.recv(), 5)
     assert isinstance(raw, bytes), raw
     return f.decode(raw)
 
@@ -73,13 +73,13 @@ async def frame(ws: ClientConnection) -> Frame:
 async def error_of(ws: ClientConnection) -> tuple[int, str]:
     """Skip answers up to the error frame; its code and message; then the server closes."""
     while True:
-        raw = await asyncio.wait_for(ws.recv(), 5)
+        raw = await within(ws.recv(), 5)
         assert isinstance(raw, bytes)
         if raw[:4] == bytes.fromhex("11f01000"):
             break
     err = f.decode(raw)
     with pytest.raises(ConnectionClosed):
-        await asyncio.wait_for(ws.recv(), 5)
+        await within(ws.recv(), 5)
     return err.error_code or 0, err.error_message
 
 
@@ -98,7 +98,7 @@ async def answers_until_last(ws: ClientConnection) -> list[Frame]:
         out.append(fr)
         if fr.last:
             with pytest.raises(ConnectionClosed):
-                await asyncio.wait_for(ws.recv(), 5)
+                await within(ws.recv(), 5)
             return out
 
 
@@ -325,7 +325,7 @@ async def test_answers_mirror_gzip_and_stereo_is_mixed(emu: VolcengineEmulator) 
     async with open_ws(emu) as ws:
         await begin(ws, request(audio__channel=2))
         await ws.send(f.audio_only_request(stereo[:25600], sequence=2))
-        raw = await asyncio.wait_for(ws.recv(), 5)
+        raw = await within(ws.recv(), 5)
         assert isinstance(raw, bytes) and raw[:4] == bytes.fromhex("11911100")
         assert gzip.decompress(raw[12:])[:1] == b"{"
         await ws.send(f.audio_only_request(stereo[25600:], sequence=3))
@@ -351,7 +351,7 @@ async def test_fault_knobs(emu: VolcengineEmulator) -> None:
         await begin(ws)
         with pytest.raises(ConnectionClosedError) as closed:
             await ws.send(f.audio_only_request(silence(0.2), sequence=2))
-            await asyncio.wait_for(ws.recv(), 5)
+            await within(ws.recv(), 5)
         assert closed.value.rcvd is None
     async with open_ws(emu) as ws:  # the queue is spent: a healthy stream
         await begin(ws)

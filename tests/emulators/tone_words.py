@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from voxq.aio import within
+
 
 @dataclass
 class ToneWord:
@@ -205,7 +207,7 @@ async def drive(rec: Any, pcm: bytes, chunk_seconds: float = 0.1, pace: float = 
             if pace:
                 await asyncio.sleep(pace)
         await rec.finish()
-        await asyncio.wait_for(task, timeout)
+        await within(task, timeout)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -1,7 +1,7 @@
 """A strict local emulator of Volcengine's big-model streaming ASR (``sauc``) WebSocket.
 
 A real WebSocket server on a free loopback port that answers what
-``shared/protocols/volcengine.md`` §4-§5 says the service answers (checklist numbers below).
+``docs/protocols/volcengine.md``, "Emulator checklist" (and §4 there), says the service answers (numbers below).
 Its frame parser and writer are its own (``struct``, ``gzip``), independent of
 ``workers.vendors.volcengine.frames``, so the client codec is checked against a second reading
 of the protocol rather than against itself.
@@ -51,7 +51,6 @@ sequences and audio received, the answers sent, the error sent).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gzip
 import json
@@ -71,6 +70,7 @@ from websockets.http11 import Request, Response
 
 from tests.emulators.aws_transcribe import ResultOptions, ToneChannel
 from tests.emulators.common import LOOPBACK, serve_loopback
+from voxq.aio import within
 from voxq.settings import Settings
 
 APP_ID = "7300000001"
@@ -88,6 +88,7 @@ EMPTY_AUDIO = 45000002
 PACKET_TIMEOUT = 45000081
 BAD_FORMAT = 45000151
 BUSY = 55000031
+STREAM_TOO_LONG = 55000001
 GRANT_NOT_FOUND = "load grant: requested grant not found"
 
 _U32 = struct.Struct(">I")
@@ -102,6 +103,9 @@ class EmulatorConfig:
     api_keys: set[str] = field(default_factory=lambda: {API_KEY})
     resource_ids: frozenset[str] = RESOURCE_IDS
     packet_timeout: float = 10.0
+    #: a stream that has received more audio than this fails (a stream-length limit, shortened
+    #: to seconds by the rolling tests; Volcengine states none)
+    max_stream_seconds: float | None = None
     strict_sequence: bool = True
     nostream_every: float = 15.0
     max_concurrent: int = 100
@@ -398,7 +402,7 @@ class _Stream:
         first = True
         while True:
             try:
-                data = await asyncio.wait_for(self.ws.recv(), self.cfg.packet_timeout)
+                data = await within(self.ws.recv(), self.cfg.packet_timeout)
             except TimeoutError:
                 await self.fail(PACKET_TIMEOUT, f"wait for next packet timeout "
                                                 f"({self.cfg.packet_timeout:g} s)")
@@ -500,6 +504,9 @@ class _Stream:
         if self.fmt == "pcm" and len(frame.payload) % 2:
             await self.fail(BAD_FORMAT, "pcm payload with an odd number of bytes")
         log.audio += frame.payload
+        if self.cfg.max_stream_seconds is not None \
+                and len(log.audio) / (2 * self.channels * RATE) > self.cfg.max_stream_seconds:
+            await self.fail(STREAM_TOO_LONG, "stream exceeded its maximum duration")
         changed = self._recognise(frame.payload) if self.fmt == "pcm" else False
         if last:
             log.ended = True

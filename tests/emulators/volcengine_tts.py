@@ -1,8 +1,8 @@
 """A strict local emulator of Volcengine's TTS WebSockets: v1 binary (``/api/v1/tts/ws_binary``)
 and v3 bidirectional (``/api/v3/tts/bidirection``), for tests.
 
-A real WebSocket server on a free loopback port answering what ``shared/protocols/volcengine.md``
-§1-§3 and its §5 checklist say (numbers below). Its frame reader and writer are its own
+A real WebSocket server on a free loopback port answering what ``docs/protocols/volcengine.md``,
+"Emulator checklist" (and §1-§3 there), says (checklist numbers below). Its frame reader and writer are its own
 (``struct``/``gzip``), independent of ``workers.vendors.volcengine.frames``, so the client codec
 is checked against a second reading of the protocol.
 
@@ -51,6 +51,9 @@ divided by the speed (v1 ``speed_ratio``; v3 ``1 + speech_rate/100``), each voic
 frequency. Fault knobs: ``emulator.faults``, one :class:`Fault` per new connection: refuse the
 handshake with an HTTP status, answer an error code (v1 error frame, v3 SessionFailed) instead
 of or after N audio frames, or drop the TCP connection after N audio frames.
+v1 frame shapes the reference client accepts (:class:`EmulatorConfig`): a bare ACK
+``11 B0 00 00`` before the audio, a gzipped frontend response (type 0xC), the last audio frame
+flagged ``0b0010`` (sequence still present) instead of ``0b0011``, gzipped error messages.
 """
 
 from __future__ import annotations
@@ -118,6 +121,11 @@ class EmulatorConfig:
     max_concurrent: int = 16
     chunk_bytes: int = 2048
     delay: float = 0.0
+    # v1 frame shapes (all accepted by the vendor's reference client)
+    ack_first: bool = False  # a header-only ACK ``11 B0 00 00`` before the audio
+    frontend_first: bool = False  # a gzipped JSON frontend response (type 0xC) before the audio
+    last_flags: int = 0b0011  # 0b0010: the last audio frame flagged "last", sequence still there
+    gzip_errors: bool = False  # error messages gzipped (compression nibble 1)
 
 
 @dataclass
@@ -234,16 +242,30 @@ def parse_client_frame(data: bytes) -> ClientFrame:
     return ClientFrame(kind, flags, b2 >> 4, b2 & 0x0F, event, session_id, payload)
 
 
-def error_frame(code: int, message: str) -> bytes:
-    """``11 F0 10 00`` + code + size + UTF-8 message."""
+def error_frame(code: int, message: str, *, gzipped: bool = False) -> bytes:
+    """``11 F0 10 00`` + code + size + UTF-8 message (``11 F0 11 00`` and gzip if ``gzipped``)."""
     raw = message.encode("utf-8")
-    return bytes((0x11, 0xF0, 0x10, 0x00)) + _U32.pack(code) + _U32.pack(len(raw)) + raw
+    if gzipped:
+        raw = gzip.compress(raw)
+    return (bytes((0x11, 0xF0, 0x11 if gzipped else 0x10, 0x00)) + _U32.pack(code)
+            + _U32.pack(len(raw)) + raw)
 
 
-def v1_audio_frame(sequence: int, audio: bytes) -> bytes:
-    """An audio-only response: ``11 B1`` for a positive sequence, ``11 B3`` for the last."""
-    flags = 0b0001 if sequence > 0 else 0b0011
+def v1_audio_frame(sequence: int, audio: bytes, last_flags: int = 0b0011) -> bytes:
+    """An audio-only response: ``11 B1`` for a positive sequence, ``11 B3`` (or ``last_flags``)
+    for the last; the sequence is there either way."""
+    flags = 0b0001 if sequence > 0 else last_flags
     return bytes((0x11, 0xB0 | flags, 0x00, 0x00)) + _I32.pack(sequence) + _U32.pack(len(audio)) + audio
+
+
+V1_ACK = bytes((0x11, 0xB0, 0x00, 0x00))
+"""The header-only ACK of the v1 service."""
+
+
+def v1_frontend_frame(document: Any) -> bytes:
+    """A frontend response: ``11 C0 11 00`` + size + gzipped JSON."""
+    raw = gzip.compress(json.dumps(document).encode("utf-8"))
+    return bytes((0x11, 0xC0, 0x11, 0x00)) + _U32.pack(len(raw)) + raw
 
 
 def v3_frame(event: int, ident: str, payload: bytes, *, audio: bool = False) -> bytes:
@@ -402,7 +424,7 @@ class _V1:
         if self.log.syntheses:
             self.log.syntheses[-1].error = (code, message)
         with contextlib.suppress(ConnectionClosed):
-            await self.ws.send(error_frame(code, message))
+            await self.ws.send(error_frame(code, message, gzipped=self.cfg.gzip_errors))
             await self.ws.close(1000)
         raise _Closed
 
@@ -498,8 +520,13 @@ class _V1:
         synth.text, synth.speed = text, speed
         seconds, mp3 = await asyncio.to_thread(self.emu.audio, text, rate, speed, voice, V1_VOICES)
         synth.audio_seconds = seconds
+        if self.cfg.ack_first:
+            await self.ws.send(V1_ACK)
+        if self.cfg.frontend_first:
+            await self.ws.send(v1_frontend_frame({"phonemes": [], "text": text}))
+        last = self.cfg.last_flags
         if operation == "query":
-            await self.ws.send(v1_audio_frame(-1, mp3))
+            await self.ws.send(v1_audio_frame(-1, mp3, last))
         else:
             size = self.cfg.chunk_bytes
             chunks = [mp3[i:i + size] for i in range(0, len(mp3), size)]
@@ -513,7 +540,7 @@ class _V1:
                         await self.fail(fault.code, fault.message)
                 await self.ws.send(v1_audio_frame(n, chunk))
                 synth.chunks += 1
-            await self.ws.send(v1_audio_frame(-(len(chunks) + 1), b""))
+            await self.ws.send(v1_audio_frame(-(len(chunks) + 1), b"", last))
         synth.finished = True
         with contextlib.suppress(ConnectionClosed):
             await self.ws.close(1000)

@@ -28,6 +28,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from voxq.aio import within
 from voxq.embedded_redis import free_port
 from voxq.records import Transcript, Word
 from workers.vendors.voxqws import protocol
@@ -107,8 +108,11 @@ class WatermarkEmulator:
     """A voxq-ws server on loopback, run on its own thread so worker processes can reach it."""
 
     def __init__(self, *, words_per_final: int = 5, max_speed: float = 50.0,
-                 idle_timeout: float = 15.0, key: str | None = None, chunk_ms: int = 100):
+                 idle_timeout: float = 15.0, key: str | None = None, chunk_ms: int = 100,
+                 max_connection_seconds: float | None = None):
         self.words_per_final = words_per_final
+        #: audio one connection may carry before it is refused (a session limit in seconds)
+        self.max_connection_seconds = max_connection_seconds
         self.max_speed = max_speed
         self.idle_timeout = idle_timeout
         self.key = key
@@ -209,7 +213,7 @@ class WatermarkEmulator:
         try:
             while True:
                 try:
-                    msg = await asyncio.wait_for(ws.recv(), self.idle_timeout)
+                    msg = await within(ws.recv(), self.idle_timeout)
                 except TimeoutError:
                     await ws.send(protocol.encode_error(
                         "idle", f"no audio for {self.idle_timeout}s", False))
@@ -227,6 +231,11 @@ class WatermarkEmulator:
                 c.frames += 1
                 c.audio_seconds += len(msg) / frame_bytes / c.rate
                 elapsed = time.monotonic() - c.started
+                limit = self.max_connection_seconds
+                if limit is not None and c.audio_seconds > limit + 1e-9:
+                    await ws.send(protocol.encode_error(
+                        "too-long", f"more than {limit:g} s of audio on one connection", True))
+                    return
                 if c.audio_seconds > elapsed * self.max_speed + 2.0:
                     await ws.send(protocol.encode_error(
                         "too-fast", f"audio arrives faster than {self.max_speed}x real time",

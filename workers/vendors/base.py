@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from voxq.errors import InvalidInput, VoxqError
 from voxq.records import Transcript, Word
+from voxq.redaction import redact
 from voxq.settings import Settings
 
 __all__ = [
@@ -44,6 +45,7 @@ class VendorError(VoxqError):
     retryable: ClassVar[bool] = False
 
     def __init__(self, message: str, *, vendor: str = "", code: str | int | None = None):
+        message = redact(message)  # vendors echo requests: keys must not ride along
         super().__init__(message)
         self.message = message
         self.vendor = vendor

@@ -1,12 +1,18 @@
-"""Keep vendor credentials out of logs and error messages: one place for what every vendor
-adapter needs (the websockets library logs every handshake header at debug level, and
-vendors sometimes echo a key or signed URL back in an error)."""
+"""Keep vendor credentials out of logs and error messages: what every vendor adapter needs
+(the websockets library logs every handshake header at debug level, and vendors sometimes
+echo a key or signed URL back in an error). It builds on the process-wide layer in
+``voxq.redaction`` (configured secret values and credential shapes), which every log record
+and every VendorError text passes through; this adds per-adapter secrets and patterns."""
 
 from __future__ import annotations
 
 import logging
 import re
 from collections.abc import Iterable
+
+from voxq.redaction import redact, register_secret
+
+__all__ = ["RedactingFilter", "register_secret", "vendor_text", "websocket_logger"]
 
 MAX_VENDOR_TEXT = 300
 
@@ -20,7 +26,7 @@ def vendor_text(text: str, secrets: Iterable[str] = (),
             text = text.replace(secret, "***")
     for pattern in patterns:
         text = pattern.sub(r"\1***", text)
-    return " ".join(text.split())[:MAX_VENDOR_TEXT]
+    return " ".join(redact(text).split())[:MAX_VENDOR_TEXT]
 
 
 class RedactingFilter(logging.Filter):

@@ -14,20 +14,20 @@ from voxq.settings import Settings
 from workers.vendors.base import Recognizer, RecognizerConfig, Synthesizer
 
 RECOGNIZERS: dict[str, str] = {
-    "local": "workers.vendors.local.recognizer:LocalRecognizer",
-    "aws": "workers.vendors.aws.transcribe:AwsTranscribeRecognizer",
-    "voxq-ws": "workers.vendors.voxqws.recognizer:VoxqWsRecognizer",
-    "assemblyai": "workers.vendors.assemblyai.streaming:AssemblyAIRecognizer",
-    "assemblyai-v2": "workers.vendors.assemblyai.realtime:AssemblyAIV2Recognizer",
-    "deepgram": "workers.vendors.deepgram.recognizer:DeepgramRecognizer",
-    "dashscope": "workers.vendors.dashscope.recognizer:DashScopeRecognizer",
-    "volcengine": "workers.vendors.volcengine.recognizer:VolcengineRecognizer",
+    "local": "workers.vendors.local.stt:LocalRecognizer",
+    "aws": "workers.vendors.aws.stt:AwsTranscribeRecognizer",
+    "voxq-ws": "workers.vendors.voxqws.stt:VoxqWsRecognizer",
+    "assemblyai": "workers.vendors.assemblyai.stt:AssemblyAIRecognizer",
+    "assemblyai-v2": "workers.vendors.assemblyai.v2.stt:AssemblyAIV2Recognizer",
+    "deepgram": "workers.vendors.deepgram.stt:DeepgramRecognizer",
+    "dashscope": "workers.vendors.dashscope.stt:DashScopeRecognizer",
+    "volcengine": "workers.vendors.volcengine.stt:VolcengineRecognizer",
 }
 
 SYNTHESIZERS: dict[str, str] = {
-    "local": "workers.vendors.local.synthesizer:LocalSynthesizer",
-    "aws": "workers.vendors.aws.polly:PollySynthesizer",
-    "dashscope": "workers.vendors.dashscope.cosyvoice:CosyVoiceSynthesizer",
+    "local": "workers.vendors.local.tts:LocalSynthesizer",
+    "aws": "workers.vendors.aws.tts:PollySynthesizer",
+    "dashscope": "workers.vendors.dashscope.tts:CosyVoiceSynthesizer",
     "volcengine": "workers.vendors.volcengine.tts:VolcengineTtsSynthesizer",
     "volcengine-v3": "workers.vendors.volcengine.tts:VolcengineV3Synthesizer",
 }

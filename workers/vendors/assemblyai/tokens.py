@@ -11,6 +11,7 @@ from typing import Literal
 
 import httpx
 
+from voxq.redaction import register_secret
 from workers.vendors.assemblyai.codes import http_error
 from workers.vendors.base import VendorError, VendorRetryable
 
@@ -43,4 +44,5 @@ async def mint_token(url: str, api_key: str, generation: Literal["v3", "v2"], ve
         error: VendorError = VendorRetryable("the temporary-token answer has no token",
                                              vendor=vendor)
         raise error
+    register_secret(token)  # single-use, but it must not show up in a log line either
     return token

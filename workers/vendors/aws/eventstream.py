@@ -1,6 +1,6 @@
 """AWS event-stream binary codec (``application/vnd.amazon.eventstream``): pure, no I/O.
 
-Wire layout (see ``shared/protocols/aws-transcribe.md`` §4)::
+Wire layout (see ``docs/protocols/aws-transcribe.md``, "Event-stream framing")::
 
     uint32 total_length | uint32 headers_length | uint32 prelude_crc
     headers (headers_length bytes) | payload | uint32 message_crc

@@ -1,6 +1,6 @@
 """AWS SigV4: presigned Transcribe WebSocket URLs and header signing (pure; clock passed in).
 
-Facts from ``shared/protocols/aws-transcribe.md`` §2.  The building blocks (canonical
+Facts from ``docs/protocols/aws-transcribe.md``, "SigV4 presigned URL".  The building blocks (canonical
 request, string to sign, signing key, signature) are plain functions so that other AWS
 clients (Polly over HTTPS) reuse them through :func:`sign_headers`.
 

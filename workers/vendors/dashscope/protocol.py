@@ -1,6 +1,6 @@
 """Alibaba DashScope inference WebSocket, Paraformer real-time ASR side: options, the client
 instructions (``run-task``, ``finish-task``), the server events and error classification.
-Pure, no sockets (``shared/protocols/dashscope.md`` §1-§2, §5).
+Pure, no sockets (``docs/protocols/dashscope.md``, "Paraformer real-time recognition"; also §1, §5).
 
 Every JSON message is ``{"header": {...}, "payload": {...}}`` in a text frame; audio goes in
 binary frames with no framing of its own. Server events: ``task-started``,
@@ -18,6 +18,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from voxq.records import Transcript
+from voxq.records import Word as TranscriptWord
+
 __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_URL",
@@ -27,6 +30,7 @@ __all__ = [
     "Event",
     "ProtocolError",
     "Sentence",
+    "SentenceState",
     "Word",
     "classify",
     "finish_task",
@@ -34,6 +38,7 @@ __all__ = [
     "parse_event",
     "run_task",
     "session_hints",
+    "to_transcript",
     "valid_task_id",
 ]
 
@@ -292,3 +297,34 @@ _TASK_ID_RE = re.compile(r"^[0-9a-fA-F]{32}$|^[0-9a-fA-F-]{36}$")
 def valid_task_id(task_id: str) -> bool:
     """A 32-hex or 36-char hyphenated UUID, the two forms the service accepts."""
     return bool(_TASK_ID_RE.match(task_id))
+
+
+@dataclass
+class SentenceState:
+    """What mapping one task's sentences remembers: finals so far and the last partial."""
+
+    finals: int = 0
+    last_partial: tuple[str, int] | None = None
+
+
+def to_transcript(s: Sentence, state: SentenceState, channel: int) -> Transcript | None:
+    """A Transcript of a sentence, times in seconds of the task's audio (None for heartbeats,
+    empty or unchanged partials); the result id follows the sentence."""
+    if s.heartbeat or (not s.text.strip() and not s.words):
+        return None
+    end_ms = s.end_ms
+    if end_ms is None:
+        end_ms = max([s.begin_ms, *(w.end_ms for w in s.words)])
+    rid = f"ch{channel}-{state.finals}"
+    if s.is_final:
+        state.finals += 1
+        state.last_partial = None
+    else:
+        key = (s.text, end_ms)
+        if key == state.last_partial:
+            return None
+        state.last_partial = key
+    words = tuple(TranscriptWord(text=w.text, start=w.begin_ms / 1000, end=w.end_ms / 1000)
+                  for w in s.words if w.text)
+    return Transcript(text=s.text.strip(), is_final=s.is_final, start=s.begin_ms / 1000,
+                      end=end_ms / 1000, channel=channel, words=words, result_id=rid)

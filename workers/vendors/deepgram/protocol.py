@@ -6,7 +6,7 @@ an empty frame ends the stream) and JSON text frames ``KeepAlive``, ``Finalize``
 ``CloseStream``. Server → client: ``Results`` (``is_final`` for a window that will not change,
 ``speech_final`` at an endpoint), ``Metadata`` last, ``UtteranceEnd`` / ``SpeechStarted`` with
 their options, and errors as close frames (``DATA-0000`` 1008, ``NET-0000`` / ``NET-0001``
-1011) or HTTP statuses at the upgrade. Facts: ``shared/protocols/deepgram.md``.
+1011) or HTTP statuses at the upgrade. Facts: ``docs/protocols/deepgram.md``, "Session limits and close codes".
 """
 
 from __future__ import annotations

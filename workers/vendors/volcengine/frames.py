@@ -1,6 +1,6 @@
 """Volcengine (ByteDance / Doubao) speech binary frames: pure encode/decode, no sockets.
 
-One codec for every Volcengine speech WebSocket (``shared/protocols/volcengine.md`` §1): the
+One codec for every Volcengine speech WebSocket (``docs/protocols/volcengine.md``, "Binary frame"): the
 big-model streaming ASR (``sauc``), the v1 binary TTS and the v3 bidirectional TTS. Layout,
 all integers big-endian::
 
@@ -25,6 +25,12 @@ A :class:`Frame` holds the *uncompressed* payload; :func:`encode` compresses it 
 (bounded: a gzip bomb is a :class:`PayloadTooLargeError`). Serialization is only a label on
 the frame (clients label audio as JSON, servers ignore it); :meth:`Frame.json` parses on demand.
 Every defect raises its own subclass of :class:`FrameError`; nothing else escapes the decoder.
+
+The v1 TTS service is read as its reference client reads it (:attr:`Dialect.TTS_V1`,
+``docs/protocols/volcengine.md``): an audio-only response with flags 0 is a bare ACK (nothing
+after the header is read); with any other flags an int32 sequence and the size follow, and the
+audio ends when the sequence is negative; a frontend response (type 0xC) is a size and a
+payload whatever its flags. Errors and gzip payloads are read as everywhere else.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ __all__ = [
     "CompressionError",
     "Decoder",
     "DecoderFailedError",
+    "Dialect",
     "EncodeError",
     "Event",
     "Frame",
@@ -96,6 +103,13 @@ class MessageType(enum.IntEnum):
     AUDIO_ONLY_RESPONSE = 0b1011
     FRONTEND_RESPONSE = 0b1100
     ERROR = 0b1111
+
+
+class Dialect(enum.Enum):
+    """How flags are read: as §1 says (ASR, v3 TTS), or as the v1 TTS reference client does."""
+
+    STANDARD = "standard"
+    TTS_V1 = "tts-v1"
 
 
 class Serialization(enum.IntEnum):
@@ -502,9 +516,40 @@ def _inflate(data: bytes, limit: int) -> bytes:
     return out
 
 
-def _frame(r: _Reader, max_payload: int) -> Frame:
+def _payload(r: _Reader, h: _Head, max_payload: int) -> bytes:
+    """The size-prefixed payload at the reader's position, inflated if gzip."""
+    size = r.u32("payload size")
+    if size > max_payload:
+        raise PayloadTooLargeError(f"payload size {size} exceeds the limit {max_payload}")
+    payload = r.take(size, "payload")
+    if h.compression is Compression.GZIP:
+        payload = _inflate(payload, max_payload)
+    return payload
+
+
+def _tts_v1_frame(r: _Reader, h: _Head, max_payload: int) -> Frame | None:
+    """A v1 TTS audio or frontend response read as the reference client reads it; None for
+    the other types (read the standard way)."""
+    if h.type is MessageType.AUDIO_ONLY_RESPONSE:
+        if not h.flags:  # a bare ACK: the client reads nothing after the header
+            r.pos = len(r.data)
+            return Frame(h.type, b"", h.serialization, h.compression, extension=h.extension)
+        sequence = r.i32("sequence")
+        return Frame(h.type, _payload(r, h, max_payload), h.serialization, h.compression,
+                     sequence, sequence < 0, extension=h.extension)
+    if h.type is MessageType.FRONTEND_RESPONSE:
+        return Frame(h.type, _payload(r, h, max_payload), h.serialization, h.compression,
+                     extension=h.extension)
+    return None
+
+
+def _frame(r: _Reader, max_payload: int, dialect: Dialect = Dialect.STANDARD) -> Frame:
     """Parse one frame at the reader's position."""
     h = _head(r)
+    if dialect is Dialect.TTS_V1:
+        v1 = _tts_v1_frame(r, h, max_payload)
+        if v1 is not None:
+            return v1
     error_code = r.u32("error code") if h.type is MessageType.ERROR else None
     sequence = r.i32("sequence") if h.flags & _FLAG_SEQUENCE else None
     event: int | None = None
@@ -516,22 +561,17 @@ def _frame(r: _Reader, max_payload: int) -> Frame:
             connection_id = r.ident("connection id")
         elif event not in NO_ID_EVENTS:
             session_id = r.ident("session id")
-    size = r.u32("payload size")
-    if size > max_payload:
-        raise PayloadTooLargeError(f"payload size {size} exceeds the limit {max_payload}")
-    payload = r.take(size, "payload")
-    if h.compression is Compression.GZIP:
-        payload = _inflate(payload, max_payload)
+    payload = _payload(r, h, max_payload)
     return Frame(h.type, payload, h.serialization, h.compression, sequence,
                  bool(h.flags & _FLAG_LAST), event, session_id, connection_id, error_code,
                  h.extension)
 
 
-def decode(data: bytes | bytearray | memoryview, *, max_payload: int = MAX_PAYLOAD_LENGTH
-           ) -> Frame:
+def decode(data: bytes | bytearray | memoryview, *, max_payload: int = MAX_PAYLOAD_LENGTH,
+           dialect: Dialect = Dialect.STANDARD) -> Frame:
     """Decode exactly one frame (one WebSocket message); short or extra bytes are errors."""
     r = _Reader(data)
-    frame = _frame(r, max_payload)
+    frame = _frame(r, max_payload, dialect)
     if r.pos != len(data):
         raise TrailingDataError(f"{len(data) - r.pos} bytes follow the {r.pos}-byte frame")
     return frame

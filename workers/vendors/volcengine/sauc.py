@@ -1,5 +1,5 @@
 """Volcengine big-model streaming ASR (``sauc``): options, request JSON, response parsing and
-error classification. Pure, no sockets (``shared/protocols/volcengine.md`` §4).
+error classification. Pure, no sockets (``docs/protocols/volcengine.md``, "sauc request JSON"; all of §4).
 
 The request always asks for ``show_utterances`` (times and words need it). Responses are read
 the same way in ``full`` and ``single`` result modes: each utterance is final once ``definite``
@@ -16,6 +16,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from voxq.records import Transcript
+from voxq.records import Word as TranscriptWord
+
 __all__ = [
     "DEFAULT_RESOURCE_ID",
     "DEFAULT_URL",
@@ -24,6 +27,7 @@ __all__ = [
     "RESOURCE_IDS",
     "ProtocolError",
     "Response",
+    "StreamState",
     "Utterance",
     "VolcengineOptions",
     "classify",
@@ -31,6 +35,7 @@ __all__ = [
     "request_body",
     "response_of",
     "stream_language",
+    "to_transcripts",
 ]
 
 DEFAULT_URL = "wss://openspeech.bytedance.com/api/v3/sauc"
@@ -245,3 +250,44 @@ def classify(code: int) -> Literal["retryable", "auth", "rejected"]:
     if code in _RETRYABLE_CODES or 55000000 <= code <= 55999999:
         return "retryable"
     return "rejected"
+
+
+@dataclass
+class StreamState:
+    """What mapping one stream's responses remembers: the end of the last final reported
+    (ms), finals so far and the last partial."""
+
+    final_end: int = -1
+    finals: int = 0
+    last_partial: tuple[str, int, int] | None = None
+
+
+def to_transcripts(response: Response, state: StreamState, channel: int, last: bool
+                   ) -> list[Transcript]:
+    """New finals (definite utterances not yet reported) and the open partials, times in
+    seconds of the stream's audio; the last response makes the open utterance final."""
+    out: list[Transcript] = []
+    partial_index = 0
+    for u in response.utterances:
+        definite = u.definite or last
+        if definite and u.end_ms <= state.final_end:
+            continue  # reported by an earlier response (full result mode repeats them)
+        if not u.text.strip() and not u.words:
+            continue
+        words = tuple(TranscriptWord(text=w, start=s / 1000, end=e / 1000) for w, s, e in u.words)
+        if definite:
+            rid = f"ch{channel}-{state.finals}"
+            state.final_end = u.end_ms
+            state.finals += 1
+            state.last_partial = None
+        else:
+            key = (u.text, u.start_ms, u.end_ms)
+            if partial_index == 0 and key == state.last_partial:
+                continue  # the bigmodel mode answers every packet, changed or not
+            if partial_index == 0:
+                state.last_partial = key
+            rid = f"ch{channel}-{state.finals + partial_index}"
+            partial_index += 1
+        out.append(Transcript(text=u.text.strip(), is_final=definite, start=u.start_ms / 1000,
+                              end=u.end_ms / 1000, channel=channel, words=words, result_id=rid))
+    return out

@@ -1,5 +1,5 @@
 """`volcengine` and `volcengine-v3` speech: Volcengine (Doubao) TTS over its binary WebSockets
-(``shared/protocols/volcengine.md`` §2 and §3), framed by :mod:`workers.vendors.volcengine.frames`.
+(``docs/protocols/volcengine.md``, "v1 TTS" and §3 there), framed by :mod:`workers.vendors.volcengine.frames`.
 
 v1 (``/api/v1/tts/ws_binary``, vendor ``volcengine``): handshake with ``Authorization: Bearer;
 TOKEN`` → one gzip JSON full client request (``operation: submit``, ``encoding: mp3``) →
@@ -22,7 +22,6 @@ websockets library's debug log and from error text.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -35,6 +34,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from voxq import __version__
+from voxq.aio import within
 from voxq.errors import InvalidInput
 from voxq.settings import Settings
 from workers.vendors.base import (
@@ -192,7 +192,8 @@ class _VolcengineBase(Synthesizer):
         except (OSError, TimeoutError) as e:
             raise VendorRetryable(f"cannot connect: {e or type(e).__name__}", vendor=self.name) from None
 
-    async def _recv(self, ws: ClientConnection) -> Frame:
+    async def _recv(self, ws: ClientConnection,
+                    dialect: frames.Dialect = frames.Dialect.STANDARD) -> Frame:
         """The next server frame; a text frame or garbage is a retryable protocol failure."""
         try:
             raw = await ws.recv()
@@ -204,13 +205,13 @@ class _VolcengineBase(Synthesizer):
             raise VendorRetryable(f"the service sent a text frame: {_clean(raw, self._secrets)}",
                                   vendor=self.name)
         try:
-            return frames.decode(raw, max_payload=MAX_SERVER_FRAME)
+            return frames.decode(raw, max_payload=MAX_SERVER_FRAME, dialect=dialect)
         except frames.FrameError as e:
             raise VendorRetryable(f"undecodable frame from the service: {e}", vendor=self.name) from None
 
     async def _close(self, ws: ClientConnection) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(), self.close_timeout)
+            await within(ws.close(), self.close_timeout)
 
 
 class VolcengineTtsSynthesizer(_VolcengineBase):
@@ -251,7 +252,7 @@ class VolcengineTtsSynthesizer(_VolcengineBase):
             with contextlib.suppress(ConnectionClosed):  # an error frame may be waiting
                 await ws.send(frames.full_client_request(body))
             while True:
-                frame = await self._recv(ws)
+                frame = await self._recv(ws, frames.Dialect.TTS_V1)
                 if frame.type is MessageType.ERROR:
                     message = _clean(frame.error_message, self._secrets) or "(no message)"
                     code = frame.error_code or 0
@@ -263,7 +264,7 @@ class VolcengineTtsSynthesizer(_VolcengineBase):
                     if frame.is_last:
                         break
                     continue
-                # frontend responses (phoneme info) and deprecated full responses: skipped
+                # frontend responses (phoneme info), bare ACKs and deprecated full responses
                 log.debug("volcengine v1: skipping %r", frame)
         finally:
             await self._close(ws)
@@ -378,7 +379,7 @@ class VolcengineV3Synthesizer(_VolcengineBase):
                     break
             await self._send(ws, Event.FINISH_CONNECTION, b"{}")
             with contextlib.suppress(VendorError, TimeoutError):
-                await asyncio.wait_for(self._expect(ws, Event.CONNECTION_FINISHED), self.close_timeout)
+                await within(self._expect(ws, Event.CONNECTION_FINISHED), self.close_timeout)
         finally:
             await self._close(ws)
         if not audio:

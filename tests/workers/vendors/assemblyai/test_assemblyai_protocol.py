@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from voxq.errors import InvalidInput
 from voxq.records import Word
 from workers.vendors.assemblyai import codes
-from workers.vendors.assemblyai import protocol_v2 as p2
-from workers.vendors.assemblyai import protocol_v3 as p3
+from workers.vendors.assemblyai import protocol as p3
+from workers.vendors.assemblyai.v2 import protocol as p2
 from workers.vendors.base import (
     VendorAuthError,
     VendorError,

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,13 +18,14 @@ from pydantic import SecretStr
 from tests.emulators.assemblyai_v2 import API_KEY, REASONS, AssemblyAIV2Emulator, Fault
 from tests.emulators.common import interleave, tone
 from tests.emulators.tone_words import Script, drive, formatted, render, utterances
-from tests.support import create, publish, wait_status
+from tests.support import create, publish, run_voxq, wait_status
+from voxq.aio import within
 from voxq.keys import Keys
 from voxq.records import Status, Transcript
 from voxq.sessions import read_finals
 from voxq.settings import Settings
 from workers.transcriber import Transcriber
-from workers.vendors.assemblyai.realtime import AssemblyAIV2Recognizer
+from workers.vendors.assemblyai.v2.stt import AssemblyAIV2Recognizer
 from workers.vendors.base import VendorAuthError, VendorError, VendorRejected, VendorRetryable
 from workers.vendors.registry import create_recognizer
 
@@ -123,7 +122,7 @@ async def test_pauses_are_bridged_with_silence_removed_from_times(
     for i in range(0, len(b), 3200):
         await rec.send(b[i:i + 3200])
     await rec.finish()
-    await asyncio.wait_for(task, 10)
+    await within(task, 10)
     await rec.close()
     s = emu.sessions[0]
     assert s.close_code == 1000 and len(emu.sessions) == 1
@@ -201,7 +200,7 @@ async def worker(settings: Settings, emu: AssemblyAIV2Emulator) -> AsyncIterator
     task = asyncio.create_task(w.run(stop))
     yield w
     stop.set()
-    await asyncio.wait_for(task, 30)
+    await within(task, 30)
 
 
 def texts(rows: list[tuple[str, Transcript]]) -> list[tuple[str, float, float]]:
@@ -237,21 +236,40 @@ async def test_produce_cli_to_the_final_stream(worker: Transcriber, r: aioredis.
     wav = tmp_path / "tones.wav"
     soundfile.write(wav, np.frombuffer(pcm, "<i2"), RATE, subtype="PCM_16")
     child = {**env, "VOXQ_ASSEMBLYAI_V2_URL": emu.url, "ASSEMBLYAI_API_KEY": API_KEY}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voxq", "produce", str(wav), "--vendor", "assemblyai-v2",
-        "--session", "cli", "--fast", "--no-progress", "--option", "word_boost=[\"tone\"]",
-        env=child, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    proc = await run_voxq(
+        "produce", str(wav), "--vendor", "assemblyai-v2",
+        "--session", "cli", "--fast", "--no-progress", "--option", "word_boost=[\"tone\"]", env=child)
+    err = proc.stderr
     assert proc.returncode == 0, err.decode()
     meta = await wait_status(r, keys, "cli", timeout=60)
     assert meta.status is Status.FINISHED, meta.error
     assert texts(await read_finals(r, keys, "cli")) == expected(words)
     assert emu.sessions[0].params["word_boost"] == '["tone"]'
-    bad = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voxq", "produce", str(wav), "--vendor", "assemblyai-v2",
+    bad = await run_voxq(
+        "produce", str(wav), "--vendor", "assemblyai-v2",
         "--session", "cli-bad", "--fast", "--no-progress", "--option",
-        "end_utterance_silence_threshold=20001", env=child, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE)
-    _, err = await asyncio.wait_for(bad.communicate(), 60)
+        "end_utterance_silence_threshold=20001", env=child)
+    err = bad.stderr
     assert bad.returncode == 2 and "end_utterance_silence_threshold" in err.decode()
     assert not await r.exists(keys.meta("cli-bad"))
+
+
+# --- rolling to a fresh session before the limit ---------------------------------------------------
+
+
+async def test_rolls_between_utterances_with_an_exact_transcript(emu: AssemblyAIV2Emulator) -> None:
+    """The emulator's session limit (wall clock) shortened to 1 s and audio sent at 5x real
+    time: fresh sessions between utterances, every final once, in session time, across at
+    least two rolls; without rolling the limit (4008) ends the session."""
+    emu.config.max_session_seconds = 1.0
+    script: Script = [(0.9, 500 + 100 * i, 0.3) for i in range(8)]
+    pcm, words = render(script)
+    rec = recognizer(emu)
+    rec.rollover_after, rec.rollover_deadline = 2.0, 4.0
+    got = await drive(rec, pcm, pace=0.02)
+    assert [(t.text, t.start, t.end) for t in got if t.is_final] == expected(words)
+    assert len(emu.sessions) >= 3 and all(s.terminated for s in emu.sessions)
+    assert b"".join(bytes(s.audio) for s in emu.sessions).startswith(pcm)
+    with pytest.raises(VendorRetryable):
+        await drive(recognizer(emu), pcm, pace=0.02)
+    assert emu.sessions[-1].close_code == 4008

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,13 +29,14 @@ from tests.emulators.assemblyai_v3 import (
 )
 from tests.emulators.common import interleave, silence, tone
 from tests.emulators.tone_words import Script, drive, formatted, render, utterances
-from tests.support import create, publish, wait_status
+from tests.support import create, publish, run_voxq, wait_status
+from voxq.aio import within
 from voxq.keys import Keys
 from voxq.records import SessionMeta, Status, Transcript
 from voxq.sessions import read_finals
 from voxq.settings import Settings
 from workers.transcriber import Transcriber
-from workers.vendors.assemblyai.streaming import AssemblyAIRecognizer
+from workers.vendors.assemblyai.stt import AssemblyAIRecognizer
 from workers.vendors.base import (
     VendorAuthError,
     VendorError,
@@ -185,7 +184,7 @@ async def test_force_endpoint_ends_the_turn(emu: AssemblyAIV3Emulator) -> None:
     await rec.update_configuration(min_turn_silence=300)
     await rec.send(silence(0.1) + tone(800, 0.2))
     await rec.finish()
-    await asyncio.wait_for(collector, 10)
+    await within(collector, 10)
     await rec.close()
     assert finals(out) == [("Tone800.", 0.0, 0.3), ("Tone800.", 0.4, 0.6)]
     kinds = [m["type"] for m in emu.sessions[0].received]
@@ -213,7 +212,7 @@ async def _pause_session(rec: AssemblyAIRecognizer, pause: float) -> list[Transc
         for i in range(0, len(b), 3200):
             await rec.send(b[i:i + 3200])
         await rec.finish()
-        await asyncio.wait_for(collector, 10)
+        await within(collector, 10)
     finally:
         collector.cancel()
         await rec.close()
@@ -408,7 +407,7 @@ async def worker(settings: Settings, emu: AssemblyAIV3Emulator) -> AsyncIterator
     task = asyncio.create_task(w.run(stop))
     yield w
     stop.set()
-    await asyncio.wait_for(task, 30)
+    await within(task, 30)
 
 
 async def session(r: aioredis.Redis, keys: Keys, sid: str, pcm: bytes, channels: int = 1,
@@ -473,11 +472,10 @@ async def test_produce_cli_worker_and_api(worker: Transcriber, r: aioredis.Redis
     wav = tmp_path / "tones.wav"
     soundfile.write(wav, np.frombuffer(pcm, "<i2"), RATE, subtype="PCM_16")
     child = {**env, "VOXQ_ASSEMBLYAI_URL": emu.url, "ASSEMBLYAI_API_KEY": API_KEY}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voxq", "produce", str(wav), "--vendor", "assemblyai", "--session",
-        "cli", "--fast", "--no-progress", "--option", "min_turn_silence=400",
-        env=child, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _out, err = await asyncio.wait_for(proc.communicate(), 60)
+    proc = await run_voxq(
+        "produce", str(wav), "--vendor", "assemblyai", "--session",
+        "cli", "--fast", "--no-progress", "--option", "min_turn_silence=400", env=child)
+    err = proc.stderr
     assert proc.returncode == 0, err.decode()
     meta = await wait_status(r, keys, "cli", timeout=60)
     assert meta.status is Status.FINISHED, meta.error
@@ -490,10 +488,30 @@ async def test_produce_cli_worker_and_api(worker: Transcriber, r: aioredis.Redis
     assert doc["status"] == "finished"
     assert [(s["text"], s["start"], s["end"]) for s in doc["segments"]] == expected(words)
     assert [w["text"] for s in doc["segments"] for w in s["words"]] == [w[0] for w in words]
-    bad = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voxq", "produce", str(wav), "--vendor", "assemblyai", "--session",
-        "cli-bad", "--fast", "--no-progress", "--option", "max_speakers=3",
-        env=child, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, err = await asyncio.wait_for(bad.communicate(), 60)
+    bad = await run_voxq(
+        "produce", str(wav), "--vendor", "assemblyai", "--session",
+        "cli-bad", "--fast", "--no-progress", "--option", "max_speakers=3", env=child)
+    err = bad.stderr
     assert bad.returncode == 2 and "max_speakers needs speaker_labels" in err.decode()
     assert not await r.exists(keys.meta("cli-bad"))
+
+
+# --- rolling to a fresh session before the limit ---------------------------------------------------
+
+
+async def test_rolls_between_turns_with_an_exact_transcript(emu: AssemblyAIV3Emulator) -> None:
+    """The emulator's session limit (wall clock) shortened to 1 s and audio sent at 5x real
+    time: the recognizer opens fresh sessions between turns, every final once, in session time,
+    across at least two rolls; without rolling the limit (3008) ends the session."""
+    emu.config.max_session_seconds = 1.0
+    script: Script = [(0.6, 500 + 100 * i, 0.3) for i in range(10)]
+    pcm, words = render(script)
+    rec = recognizer(emu)
+    rec.rollover_after, rec.rollover_deadline = 1.5, 2.8
+    got = await drive(rec, pcm, pace=0.02)
+    assert finals(got) == expected(words)
+    assert len(emu.sessions) >= 3 and all(s.error is None and s.terminated for s in emu.sessions)
+    assert b"".join(bytes(s.audio)[:len(s.audio)] for s in emu.sessions).startswith(pcm)
+    with pytest.raises(VendorRetryable):
+        await drive(recognizer(emu), pcm, pace=0.02)
+    assert emu.sessions[-1].error is not None and emu.sessions[-1].error[0] == 3008

@@ -17,7 +17,7 @@ from tests.emulators.tts_audio import speech_seconds
 from voxq.errors import InvalidInput
 from voxq.settings import Settings
 from workers.tts import mp3join
-from workers.vendors.aws.polly import PollySynthesizer, polly_error, request_body
+from workers.vendors.aws.tts import PollySynthesizer, polly_error, request_body
 from workers.vendors.base import (
     SynthesisRequest,
     VendorAuthError,

@@ -8,8 +8,6 @@ import base64
 import itertools
 import json
 import logging
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,16 +26,20 @@ from tests.emulators.aws_transcribe import (
     timeout_message,
 )
 from tests.emulators.common import interleave, silence, tone
-from tests.support import create, publish, wait_status
+from tests.support import create, publish, run_voxq, wait_status
+from voxq.aio import within
 from voxq.errors import InvalidInput
 from voxq.keys import Keys
 from voxq.records import SessionMeta, Status, Transcript
 from voxq.sessions import read_finals
 from voxq.settings import Settings
+from voxq.timeline import Timeline
 from workers.transcriber import Transcriber
-from workers.vendors.aws import transcribe as aws
+from workers.vendors.aws import protocol as aws
+from workers.vendors.aws import stt as aws_stt
 from workers.vendors.aws.eventstream import Message
-from workers.vendors.aws.transcribe import AwsTranscribeOptions, AwsTranscribeRecognizer
+from workers.vendors.aws.options import AwsTranscribeOptions
+from workers.vendors.aws.stt import AwsTranscribeRecognizer
 from workers.vendors.base import (
     RecognizerConfig,
     VendorAuthError,
@@ -209,9 +211,13 @@ def test_handshake_errors_map_by_status_and_hide_secrets() -> None:
 
 def test_transcript_event_mapping() -> None:
     """§6.1's example shape: Alternatives[0], punctuation dropped from words, speaker, channel."""
-    rec = AwsTranscribeRecognizer(_config(2), Settings(redis_url="redis://unused"))
-    stream = aws._Stream(ws=None, index=0, base_frames=RATE * 10, rate=RATE)  # type: ignore[arg-type]
-    stream.inserted = [[RATE * 2, RATE]]  # one second of keep-alive silence at 2.0 s
+    timeline = Timeline(RATE, base_frames=RATE * 10)
+    timeline.inserted = [[RATE * 2, RATE]]  # one second of keep-alive silence at 2.0 s
+    open_results: set[str] = set()
+
+    def transcripts(payload: bytes) -> list[Transcript]:
+        return [timeline.rebase(t) for t in aws.transcripts(payload, 2, open_results)]
+
     doc = {"Transcript": {"Results": [
         {"ResultId": "r1", "StartTime": 1.65, "EndTime": 4.165, "IsPartial": False,
          "ChannelId": "ch_1",
@@ -230,35 +236,37 @@ def test_transcript_event_mapping() -> None:
         {"ResultId": "r3", "StartTime": 6.0, "EndTime": 6.5, "IsPartial": True,
          "Alternatives": []},
     ]}}
-    got = rec._transcripts(stream, json.dumps(doc).encode())
+    got = transcripts(json.dumps(doc).encode())
     assert got[0] == Transcript(
         text="Welcome to Amazon.", is_final=True, start=11.65, end=13.165, channel=1,
         speaker="0", result_id="r1", words=(
             aws.Word("Welcome", 11.65, 12.0, 0.97, "0"),  # 2.0-2.4225 was keep-alive silence
             aws.Word("to", 12.5, 12.6, 0.5, "0")))
     assert got[1].text == "next" and not got[1].is_final and got[1].channel == 0
-    assert len(got) == 2 and stream.open_results == {"r2", "r3"}
-    assert rec._transcripts(stream, b'{"Transcript":{"Results":[]}}') == []
+    assert len(got) == 2 and open_results == {"r2", "r3"}
+    assert transcripts(b'{"Transcript":{"Results":[]}}') == []
     with pytest.raises(VendorRetryable, match="malformed TranscriptEvent"):
-        rec._transcripts(stream, b'{"Transcript":{"Results":[{"Alternatives":[{"Items":[{}]}]}]}}')
+        transcripts(b'{"Transcript":{"Results":[{"Alternatives":[{"Items":[{}]}]}]}}')
 
 
 
 def test_error_messages_raise_and_unknown_events_are_ignored() -> None:
     """The generic ``error`` message type maps like an exception; other events are skipped."""
-    rec = AwsTranscribeRecognizer(_config(), Settings(redis_url="redis://unused"))
-    stream = aws._Stream(ws=None, index=0, base_frames=0, rate=RATE)  # type: ignore[arg-type]
-    rec._handle(stream, Message({":message-type": "event", ":event-type": "SomethingNew"}, b"{}"))
-    rec._handle(stream, Message({":message-type": "whatever"}, b""))
-    assert stream.results.empty()
+    open_results: set[str] = set()
+
+    def handle(message: Message) -> list[Transcript]:
+        return aws.message_transcripts(message, 1, open_results)
+
+    assert handle(Message({":message-type": "event", ":event-type": "SomethingNew"}, b"{}")) == []
+    assert handle(Message({":message-type": "whatever"}, b"")) == []
     error = Message({":message-type": "error", ":error-code": "InternalFailureException",
                      ":error-message": "boom"})
     with pytest.raises(VendorRetryable, match=r"^aws: InternalFailureException: boom$"):
-        rec._handle(stream, error)
+        handle(error)
     exception = Message({":message-type": "exception", ":exception-type": "BadRequestException"},
                         b"not json")
     with pytest.raises(VendorRejected, match=r"^aws: BadRequestException: not json$"):
-        rec._handle(stream, exception)
+        handle(exception)
 
 def test_endpoint_override_is_parsed_for_signing() -> None:
     def endpoint(url: str | None) -> tuple[str, str, str]:
@@ -300,7 +308,7 @@ async def run(rec: AwsTranscribeRecognizer, pcm: bytes, chunk_s: float = 0.1,
             if pace:
                 await asyncio.sleep(pace)
         await rec.finish()
-        await asyncio.wait_for(task, 20)
+        await within(task, 20)
     finally:
         task.cancel()
         await rec.close()
@@ -403,7 +411,7 @@ async def test_silence_longer_than_the_timeout_is_kept_alive(
     for i in range(0, len(b), 3200):
         await rec.send(b[i:i + 3200])
     await rec.finish()
-    await asyncio.wait_for(collector, 10)
+    await within(collector, 10)
     await rec.close()
     log = aws_emulator.streams[0]
     assert log.exception is None and len(aws_emulator.streams) == 1
@@ -486,7 +494,7 @@ async def worker(settings: Settings, aws_emulator: AwsTranscribeEmulator
     task = asyncio.create_task(w.run(stop))
     yield w
     stop.set()
-    await asyncio.wait_for(task, 30)
+    await within(task, 30)
 
 
 async def session(r: aioredis.Redis, keys: Keys, sid: str, pcm: bytes, channels: int = 1,
@@ -528,7 +536,7 @@ async def test_json_text_frames_fail_the_session_with_the_service_answer(
         """Audio the wrong way: base64 in JSON, sent as a text frame."""
         return json.dumps({"AudioEvent": {"AudioChunk": base64.b64encode(pcm).decode()}})
 
-    monkeypatch.setattr(aws, "audio_event", as_json)
+    monkeypatch.setattr(aws_stt, "audio_event", as_json)
     pcm, _ = render(SCRIPT[:1])
     meta, finals = await session(r, keys, "text", pcm)
     assert meta.status is Status.FAILED
@@ -646,7 +654,7 @@ async def test_bad_signature_fails_as_an_auth_error(
         meta, _ = await session(r, keys, "badsig", render(SCRIPT[:1])[0])
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        await within(task, 30)
     assert meta.status is Status.FAILED
     assert meta.error.startswith("aws: InvalidSignatureException: HTTP 403 at the WebSocket "
                                  "handshake: The request signature we calculated does not match")
@@ -666,7 +674,7 @@ async def test_missing_credentials_fail_the_session_clearly(
         meta, _ = await session(r, keys, "nokeys", render(SCRIPT[:1])[0])
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        await within(task, 30)
     assert meta.status is Status.FAILED
     assert meta.error == ("aws: AWS credentials are missing: set AWS_ACCESS_KEY_ID and "
                           "AWS_SECRET_ACCESS_KEY (plus AWS_SESSION_TOKEN for temporary "
@@ -682,11 +690,10 @@ async def test_produce_cli_with_vendor_aws(worker: Transcriber, r: aioredis.Redi
     pcm, words = render(SCRIPT)
     wav = tmp_path / "tones.wav"
     soundfile.write(wav, np.frombuffer(pcm, "<i2"), RATE, subtype="PCM_16")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voxq", "produce", str(wav), "--vendor", "aws", "--session",
-        "cli", "--fast", "--no-progress", "--option", "vocabulary_filter_method=tag",
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    proc = await run_voxq(
+        "produce", str(wav), "--vendor", "aws", "--session",
+        "cli", "--fast", "--no-progress", "--option", "vocabulary_filter_method=tag", env=env)
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == 0, err.decode()
     assert out.decode().strip() == "cli"
     meta = await wait_status(r, keys, "cli", timeout=60)
@@ -695,10 +702,9 @@ async def test_produce_cli_with_vendor_aws(worker: Transcriber, r: aioredis.Redi
     finals = await read_finals(r, keys, "cli")
     assert finals_of(finals) == expected_finals(words)
     # a bad option fails in the producer, before anything reaches Redis
-    bad = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voxq", "produce", str(wav), "--vendor", "aws", "--session",
-        "cli-bad", "--fast", "--no-progress", "--option", "show_speaker_label=maybe",
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, err = await asyncio.wait_for(bad.communicate(), 60)
+    bad = await run_voxq(
+        "produce", str(wav), "--vendor", "aws", "--session",
+        "cli-bad", "--fast", "--no-progress", "--option", "show_speaker_label=maybe", env=env)
+    err = bad.stderr
     assert bad.returncode == 2 and "show_speaker_label" in err.decode()
     assert not await r.exists(keys.meta("cli-bad"))

@@ -15,7 +15,7 @@ from tests.emulators.tts_audio import speech_seconds
 from voxq.settings import Settings
 from workers.tts import mp3join
 from workers.vendors.base import SynthesisRequest, VendorAuthError, VendorRejected, VendorRetryable
-from workers.vendors.dashscope.cosyvoice import CosyVoiceSynthesizer, continue_task, finish_task, run_task
+from workers.vendors.dashscope.tts import CosyVoiceSynthesizer, continue_task, finish_task, run_task
 
 
 def test_instructions_have_the_documented_shape() -> None:

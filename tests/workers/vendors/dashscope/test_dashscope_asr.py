@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,11 +25,13 @@ from tests.emulators.dashscope_asr import (
     Fault,
     timeout_message,
 )
-from tests.support import create, publish, wait_status
+from tests.support import create, publish, run_voxq, wait_status
+from voxq.aio import within
 from voxq.keys import Keys
 from voxq.records import SessionMeta, Status, Transcript
 from voxq.sessions import read_finals
 from voxq.settings import Settings
+from voxq.timeline import Timeline
 from workers.transcriber import Transcriber
 from workers.vendors.base import (
     VendorAuthError,
@@ -41,9 +41,9 @@ from workers.vendors.base import (
     VendorRetryable,
 )
 from workers.vendors.dashscope import protocol
-from workers.vendors.dashscope import recognizer as ds
+from workers.vendors.dashscope import stt as ds
 from workers.vendors.dashscope.protocol import DashScopeOptions
-from workers.vendors.dashscope.recognizer import DashScopeRecognizer
+from workers.vendors.dashscope.stt import DashScopeRecognizer
 from workers.vendors.registry import create_recognizer, validate_session
 
 RATE = 16000
@@ -226,23 +226,29 @@ def test_sentence_mapping_and_keepalive_time() -> None:
     rec = create_recognizer("dashscope", "m", "en-US", RATE, 1, {},
                             Settings(redis_url="redis://unused"))
     assert isinstance(rec, DashScopeRecognizer)
-    rec._timeline.add(RATE)
-    rec._timeline.add(RATE, keepalive=True)
-    rec._timeline.add(RATE)
-    task = ds._Task(channel=0, ws=None, task_id="t")  # type: ignore[arg-type]
+    timeline = Timeline(rec.input_rate)
+    timeline.add(RATE)
+    timeline.add(RATE, inserted=True)
+    timeline.add(RATE)
+    state = protocol.SentenceState()
+
+    def transcript(s: protocol.Sentence) -> Transcript | None:
+        t = protocol.to_transcript(s, state, 0)
+        return None if t is None else timeline.rebase(t, rec.time_digits)
+
     words = (protocol.Word("好", 170, 295), protocol.Word("我", 2295, 2503, "，"))
     partial = protocol.Sentence("好我", 170, None, False, False, words)
-    t = rec._transcript(task, partial)
+    t = transcript(partial)
     assert t is not None and (t.text, t.is_final, t.start, t.end, t.result_id) == \
         ("好我", False, 0.17, 1.503, "ch0-0")
     assert [(w.text, w.start, w.end) for w in t.words] == [("好", 0.17, 0.295),
                                                            ("我", 1.295, 1.503)]
-    assert rec._transcript(task, partial) is None  # unchanged partial
-    assert rec._transcript(task, protocol.Sentence("", 0, None, False, True)) is None
-    final = rec._transcript(task, protocol.Sentence("好，我。", 170, 2600, True, False, words))
+    assert transcript(partial) is None  # unchanged partial
+    assert transcript(protocol.Sentence("", 0, None, False, True)) is None
+    final = transcript(protocol.Sentence("好，我。", 170, 2600, True, False, words))
     assert final is not None and (final.is_final, final.end, final.result_id) == \
         (True, 1.6, "ch0-0")
-    nxt = rec._transcript(task, protocol.Sentence("再", 2700, None, False, False, ()))
+    nxt = transcript(protocol.Sentence("再", 2700, None, False, False, ()))
     assert nxt is not None and (nxt.start, nxt.end, nxt.result_id) == (1.7, 1.7, "ch0-1")
 
 
@@ -274,7 +280,7 @@ async def run(rec: DashScopeRecognizer, pcm: bytes, chunk_s: float = 0.1) -> lis
         for i in range(0, len(pcm), size):
             await rec.send(pcm[i:i + size])
         await rec.finish()
-        await asyncio.wait_for(task, 20)
+        await within(task, 20)
     finally:
         task.cancel()
         await rec.close()
@@ -365,7 +371,7 @@ async def test_heartbeat_and_keepalive_through_a_long_silence(
     await asyncio.sleep(2.0)
     await rec.send(b)
     await rec.finish()
-    await asyncio.wait_for(collector, 10)
+    await within(collector, 10)
     await rec.close()
     task = emulator.tasks[0]
     assert task.failure is None and task.finished and task.heartbeats >= 2
@@ -490,7 +496,7 @@ async def worker(settings: Settings, emulator: DashScopeEmulator) -> AsyncIterat
     task = asyncio.create_task(w.run(stop))
     yield w
     stop.set()
-    await asyncio.wait_for(task, 30)
+    await within(task, 30)
 
 
 async def session(r: aioredis.Redis, keys: Keys, sid: str, pcm: bytes, channels: int = 1,
@@ -565,7 +571,7 @@ async def test_bad_key_fails_the_session_once_without_the_key(
         meta, _ = await session(r, keys, "badkey", render(SCRIPT[:1])[0])
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        await within(task, 30)
     assert meta.status is Status.FAILED
     assert meta.error == ("dashscope: InvalidApiKey: HTTP 401 at the WebSocket handshake: "
                           "Invalid API-key provided.")
@@ -582,12 +588,11 @@ async def test_produce_cli_with_vendor_dashscope(
     wav = tmp_path / "tones.wav"
     soundfile.write(wav, np.frombuffer(pcm, "<i2"), RATE, subtype="PCM_16")
     child_env = {**env, "VOXQ_DASHSCOPE_URL": emulator.url, "DASHSCOPE_API_KEY": API_KEY}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voxq", "produce", str(wav), "--vendor", "dashscope",
+    proc = await run_voxq(
+        "produce", str(wav), "--vendor", "dashscope",
         "--session", "cli", "--fast", "--no-progress", "--option",
-        f"vocabulary_id={VOCABULARY}", env=child_env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+        f"vocabulary_id={VOCABULARY}", env=child_env)
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == 0, err.decode()
     assert out.decode().strip() == "cli"
     meta = await wait_status(r, keys, "cli", timeout=60)
@@ -595,10 +600,41 @@ async def test_produce_cli_with_vendor_dashscope(
     assert meta.options == {"vocabulary_id": VOCABULARY}
     want = [(text.replace("tone500", "hello"), s, e) for text, s, e in expected_finals(words)]
     assert finals_of([t for _, t in await read_finals(r, keys, "cli")]) == want
-    bad = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voxq", "produce", str(wav), "--vendor", "dashscope",
+    bad = await run_voxq(
+        "produce", str(wav), "--vendor", "dashscope",
         "--session", "cli-bad", "--fast", "--no-progress", "--option",
-        "max_sentence_silence=50", env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, err = await asyncio.wait_for(bad.communicate(), 60)
+        "max_sentence_silence=50", env=child_env)
+    err = bad.stderr
     assert bad.returncode == 2 and "dashscope: invalid options: max_sentence_silence" in err.decode()
     assert not await r.exists(keys.meta("cli-bad"))
+
+
+# --- rolling to a fresh task before the limit ------------------------------------------------------
+
+
+ROLL_SCRIPT: Script = [(0.6, 500 + 100 * i, 0.3) for i in range(10)]  # 9 s, ten utterances
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+async def test_rolls_between_utterances_with_an_exact_transcript(
+        emulator: DashScopeEmulator, channels: int) -> None:
+    """With the task limit shortened to 3 s the recognizer opens fresh tasks (per channel)
+    between utterances: every final once, in session time, across at least two rolls."""
+    from tests.emulators.dashscope_asr import TASK_TOO_LONG
+    from tests.emulators.tone_words import drive
+
+    emulator.config.max_task_seconds = 3.0
+    left, lw = render(ROLL_SCRIPT)
+    right, rw = render([(g, f + 1000, s) for g, f, s in ROLL_SCRIPT])
+    pcm = left if channels == 1 else interleave(left, right)
+    rec = recognizer(emulator, channels=channels)
+    rec.rollover_after, rec.rollover_deadline = 1.5, 2.8
+    got = await drive(rec, pcm, pace=0.03)
+    assert finals_of(got, 0) == expected_finals(lw)
+    if channels == 2:
+        assert finals_of(got, 1) == expected_finals(rw)
+    assert len(emulator.tasks) >= 3 * channels  # at least two rolls
+    assert all(t.failure is None and t.finished for t in emulator.tasks)
+    assert b"".join(bytes(t.audio) for t in emulator.tasks[::channels]) == left
+    with pytest.raises(VendorRetryable, match=TASK_TOO_LONG):  # without rolling: the limit
+        await drive(recognizer(emulator, channels=channels), pcm, pace=0.03)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,14 +19,15 @@ from api.app import create_app
 from tests.emulators.common import interleave, silence, tone
 from tests.emulators.deepgram import API_KEY, DATA0000, JWT, NET0000, NET0001, DeepgramEmulator, Fault
 from tests.emulators.tone_words import Script, drive, formatted, render, utterances
-from tests.support import create, publish, wait_status
+from tests.support import create, publish, run_voxq, wait_status
+from voxq.aio import within
 from voxq.keys import Keys
 from voxq.records import Status, Transcript
 from voxq.sessions import read_finals
 from voxq.settings import Settings
 from workers.transcriber import Transcriber
 from workers.vendors.base import VendorAuthError, VendorError, VendorRejected, VendorRetryable
-from workers.vendors.deepgram.recognizer import DeepgramRecognizer
+from workers.vendors.deepgram.stt import DeepgramRecognizer
 from workers.vendors.registry import create_recognizer
 
 RATE = 16000
@@ -122,7 +121,7 @@ async def test_finalize_flushes_mid_session(emu: DeepgramEmulator) -> None:
     await rec.finalize()
     await rec.send(tone(800, 0.2) + silence(0.2))
     await rec.finish()
-    await asyncio.wait_for(task, 10)
+    await within(task, 10)
     await rec.close()
     assert finals(out) == [("Tone800.", 0.0, 0.2), ("Tone800.", 0.2, 0.4)]
     assert emu.streams[0].finals[0]["from_finalize"] is True
@@ -147,7 +146,7 @@ async def _paused(rec: DeepgramRecognizer, before: float, pause: float) -> list[
         await asyncio.sleep(pause)
         await rec.send(render([(0.1, 900, 0.3)], tail=0.4)[0])
         await rec.finish()
-        await asyncio.wait_for(task, 10)
+        await within(task, 10)
     finally:
         task.cancel()
         await rec.close()
@@ -275,7 +274,7 @@ async def worker(settings: Settings, emu: DeepgramEmulator) -> AsyncIterator[Tra
     task = asyncio.create_task(w.run(stop))
     yield w
     stop.set()
-    await asyncio.wait_for(task, 30)
+    await within(task, 30)
 
 
 def texts(rows: list[tuple[str, Transcript]], channel: int | None = None
@@ -314,11 +313,10 @@ async def test_produce_cli_worker_and_api(worker: Transcriber, r: aioredis.Redis
     wav = tmp_path / "tones.wav"
     soundfile.write(wav, np.frombuffer(pcm, "<i2"), RATE, subtype="PCM_16")
     child = {**env, "VOXQ_DEEPGRAM_URL": emu.url, "DEEPGRAM_API_KEY": API_KEY}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voxq", "produce", str(wav), "--vendor", "deepgram", "--session",
-        "cli", "--fast", "--no-progress", "--option", f"endpointing={EP}",
-        env=child, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    proc = await run_voxq(
+        "produce", str(wav), "--vendor", "deepgram", "--session",
+        "cli", "--fast", "--no-progress", "--option", f"endpointing={EP}", env=child)
+    err = proc.stderr
     assert proc.returncode == 0, err.decode()
     meta = await wait_status(r, keys, "cli", timeout=60)
     assert meta.status is Status.FINISHED, meta.error
@@ -329,11 +327,10 @@ async def test_produce_cli_worker_and_api(worker: Transcriber, r: aioredis.Redis
             doc = (await client.get("/v1/sessions/cli/transcript")).json()
     assert doc["status"] == "finished"
     assert [(s["text"], s["start"], s["end"]) for s in doc["segments"]] == expected(words)
-    bad = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voxq", "produce", str(wav), "--vendor", "deepgram", "--session",
+    bad = await run_voxq(
+        "produce", str(wav), "--vendor", "deepgram", "--session",
         "cli-bad", "--fast", "--no-progress", "--option", "utterance_end_ms=1000",
-        "--option", "interim_results=false", env=child, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE)
-    _, err = await asyncio.wait_for(bad.communicate(), 60)
+        "--option", "interim_results=false", env=child)
+    err = bad.stderr
     assert bad.returncode == 2 and "utterance_end_ms needs interim_results" in err.decode()
     assert not await r.exists(keys.meta("cli-bad"))

@@ -10,8 +10,8 @@ import pytest
 from voxq.settings import Settings
 from workers.tts import mp3join
 from workers.vendors.base import SynthesisRequest, VendorRejected
-from workers.vendors.local import synthesizer as local
-from workers.vendors.local.synthesizer import LocalSynthesizer, espeak_params
+from workers.vendors.local import tts as local
+from workers.vendors.local.tts import LocalSynthesizer, espeak_params
 
 HAS_LIBRARY = local._Library.get() is not None
 HAS_BINARY = shutil.which("espeak-ng") is not None

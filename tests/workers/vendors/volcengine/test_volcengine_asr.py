@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,11 +22,13 @@ from tests.emulators.volcengine_asr import (
     Fault,
     VolcengineEmulator,
 )
-from tests.support import create, publish, wait_status
+from tests.support import create, publish, run_voxq, wait_status
+from voxq.aio import within
 from voxq.keys import Keys
 from voxq.records import SessionMeta, Status, Transcript
 from voxq.sessions import read_finals
 from voxq.settings import Settings
+from voxq.timeline import Timeline
 from workers.transcriber import Transcriber
 from workers.vendors.base import (
     VendorAuthError,
@@ -38,10 +38,10 @@ from workers.vendors.base import (
     VendorRetryable,
 )
 from workers.vendors.registry import create_recognizer, validate_session
-from workers.vendors.volcengine import recognizer as volc
 from workers.vendors.volcengine import sauc
-from workers.vendors.volcengine.recognizer import VolcengineRecognizer
+from workers.vendors.volcengine import stt as volc
 from workers.vendors.volcengine.sauc import VolcengineOptions
+from workers.vendors.volcengine.stt import VolcengineRecognizer
 
 RATE = 16000
 Script = list[tuple[float, float, float]]  # (silence before, tone Hz, tone seconds)
@@ -183,24 +183,29 @@ def test_result_mapping_dedupes_finals_and_maps_keepalive_time() -> None:
     settings = Settings(redis_url="redis://unused", volcengine_app_id="a")
     rec = create_recognizer("volcengine", "m", "en-US", RATE, 2, {}, settings)
     assert isinstance(rec, VolcengineRecognizer)
-    rec._timeline.add(RATE)  # 1 s of audio, 1 s of keep-alive, then more audio
-    rec._timeline.add(RATE, keepalive=True)
-    rec._timeline.add(RATE)
-    stream = volc._Stream(channel=1, ws=None)  # type: ignore[arg-type]
+    timeline = Timeline(rec.input_rate)
+    timeline.add(RATE)  # 1 s of audio, 1 s of keep-alive, then more audio
+    timeline.add(RATE, inserted=True)
+    timeline.add(RATE)
+    state = sauc.StreamState()
+
+    def transcripts(response: sauc.Response, last: bool) -> list[Transcript]:
+        return [timeline.rebase(t, rec.time_digits)
+                for t in sauc.to_transcripts(response, state, 1, last)]
 
     def utt(text: str, start: int, end: int, definite: bool) -> sauc.Utterance:
         return sauc.Utterance(text, start, end, definite, ((text, start, end),))
 
     a = utt("a.", 200, 800, True)
-    first = rec._transcripts(stream, sauc.Response("", (a, utt("b", 900, 2500, False)), None),
+    first = transcripts(sauc.Response("", (a, utt("b", 900, 2500, False)), None),
                              False)
     assert [(t.text, t.is_final, t.start, t.end, t.channel, t.result_id) for t in first] == [
         ("a.", True, 0.2, 0.8, 1, "ch1-0"), ("b", False, 0.9, 1.5, 1, "ch1-1")]
     assert first[1].words[0].end == 1.5  # 2.5 s on the wire minus 1 s of keep-alive
-    again = rec._transcripts(stream, sauc.Response("", (a, utt("b", 900, 2500, False)), None),
+    again = transcripts(sauc.Response("", (a, utt("b", 900, 2500, False)), None),
                              False)
     assert again == []  # a repeated final and an unchanged partial are not re-emitted
-    last = rec._transcripts(stream, sauc.Response("", (a, utt("b c", 900, 2700, False)), None),
+    last = transcripts(sauc.Response("", (a, utt("b c", 900, 2700, False)), None),
                             True)
     assert [(t.text, t.is_final, t.end, t.result_id) for t in last] == [
         ("b c", True, 1.7, "ch1-1")]
@@ -237,7 +242,7 @@ async def run(rec: VolcengineRecognizer, pcm: bytes, chunk_s: float = 0.1,
             if pace:
                 await asyncio.sleep(pace)
         await rec.finish()
-        await asyncio.wait_for(task, 20)
+        await within(task, 20)
     finally:
         task.cancel()
         await rec.close()
@@ -336,7 +341,7 @@ async def test_long_silence_is_kept_alive_and_times_map_back(
     await asyncio.sleep(2.0)  # no audio for 2.5 × the packet timeout
     await rec.send(b)
     await rec.finish()
-    await asyncio.wait_for(collector, 10)
+    await within(collector, 10)
     await rec.close()
     log = emulator.streams[0]
     assert log.error is None and len(emulator.streams) == 1
@@ -419,7 +424,7 @@ async def worker(settings: Settings, emulator: VolcengineEmulator) -> AsyncItera
     task = asyncio.create_task(w.run(stop))
     yield w
     stop.set()
-    await asyncio.wait_for(task, 30)
+    await within(task, 30)
 
 
 async def session(r: aioredis.Redis, keys: Keys, sid: str, pcm: bytes, channels: int = 1,
@@ -489,7 +494,7 @@ async def test_bad_token_fails_the_session_once_without_the_token(
         meta, _ = await session(r, keys, "badtoken", render(SCRIPT[:1])[0])
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        await within(task, 30)
     assert meta.status is Status.FAILED
     assert meta.error == ("volcengine: 45000010: HTTP 401 at the WebSocket handshake: "
                           "load grant: requested grant not found")
@@ -507,21 +512,48 @@ async def test_produce_cli_with_vendor_volcengine(
     soundfile.write(wav, np.frombuffer(pcm, "<i2"), RATE, subtype="PCM_16")
     child_env = {**env, "VOXQ_VOLCENGINE_ASR_URL": emulator.url, "VOLCENGINE_APP_ID": APP_ID,
                  "VOLCENGINE_ACCESS_TOKEN": ACCESS_TOKEN}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voxq", "produce", str(wav), "--vendor", "volcengine",
-        "--session", "cli", "--fast", "--no-progress", "--option", "result_type=full",
-        env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    proc = await run_voxq(
+        "produce", str(wav), "--vendor", "volcengine",
+        "--session", "cli", "--fast", "--no-progress", "--option", "result_type=full", env=child_env)
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == 0, err.decode()
     assert out.decode().strip() == "cli"
     meta = await wait_status(r, keys, "cli", timeout=60)
     assert meta.status is Status.FINISHED, meta.error
     assert meta.options == {"result_type": "full"}
     assert finals_of([t for _, t in await read_finals(r, keys, "cli")]) == expected_finals(words)
-    bad = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voxq", "produce", str(wav), "--vendor", "volcengine",
-        "--session", "cli-bad", "--fast", "--no-progress", "--option", "mode=bigmodel_fast",
-        env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, err = await asyncio.wait_for(bad.communicate(), 60)
+    bad = await run_voxq(
+        "produce", str(wav), "--vendor", "volcengine",
+        "--session", "cli-bad", "--fast", "--no-progress", "--option", "mode=bigmodel_fast", env=child_env)
+    err = bad.stderr
     assert bad.returncode == 2 and "volcengine: invalid options: mode" in err.decode()
     assert not await r.exists(keys.meta("cli-bad"))
+
+
+# --- rolling to a fresh stream before the limit ----------------------------------------------------
+
+
+ROLL_SCRIPT: Script = [(0.6, 500 + 100 * i, 0.3) for i in range(10)]  # 9 s, ten utterances
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+async def test_rolls_between_utterances_with_an_exact_transcript(
+        emulator: VolcengineEmulator, channels: int) -> None:
+    """With the stream limit shortened to 3 s the recognizer opens fresh streams (per
+    channel) between utterances: every final once, in session time, across at least two
+    rolls; without rolling the limit ends the session."""
+    emulator.config.max_stream_seconds = 3.0
+    left, lw = render(ROLL_SCRIPT)
+    right, rw = render([(g, f + 1000, s) for g, f, s in ROLL_SCRIPT])
+    pcm = left if channels == 1 else interleave(left, right)
+    rec = recognizer(emulator, channels=channels)
+    rec.rollover_after, rec.rollover_deadline = 1.5, 2.8
+    got = await run(rec, pcm, pace=0.03)
+    assert finals_of(got, 0) == expected_finals(lw)
+    if channels == 2:
+        assert finals_of(got, 1) == expected_finals(rw)
+    assert len(emulator.streams) >= 3 * channels  # at least two rolls
+    assert all(s.error is None and s.ended for s in emulator.streams)
+    assert b"".join(bytes(s.audio) for s in emulator.streams[::channels]) == left
+    with pytest.raises(VendorRetryable, match="maximum duration"):
+        await run(recognizer(emulator, channels=channels), pcm, pace=0.03)

@@ -134,6 +134,50 @@ def test_v1_tts_reading_of_negative_sequences() -> None:
     assert not frame.last and frame.is_last
 
 
+V1 = f.Dialect.TTS_V1
+
+
+@pytest.mark.parametrize("flags", [0b0010, 0b0011])
+def test_v1_tts_last_audio_carries_a_sequence_for_any_nonzero_flags(flags: int) -> None:
+    """The reference client reads a sequence and a size after every non-zero flag value."""
+    raw = bytes((0x11, 0xB0 | flags, 0, 0)) + struct.pack(">iI", -2, 3) + b"mp3"
+    frame = f.decode(raw, dialect=V1)
+    assert frame.sequence == -2 and frame.payload == b"mp3" and frame.is_last
+    if flags == 0b0010:  # read the standard way, the sequence is taken for the size
+        with pytest.raises(PayloadTooLargeError):
+            f.decode(raw)
+
+
+def test_v1_tts_sequence_sign_decides_the_end() -> None:
+    raw = bytes.fromhex("11b20000") + struct.pack(">iI", 5, 2) + b"ab"
+    frame = f.decode(raw, dialect=V1)
+    assert frame.sequence == 5 and not frame.is_last and frame.payload == b"ab"
+
+
+def test_v1_tts_bare_ack_and_frontend_and_gzipped_error() -> None:
+    ack = f.decode(bytes.fromhex("11b00000"), dialect=V1)
+    assert ack.type is MessageType.AUDIO_ONLY_RESPONSE and ack.payload == b""
+    assert ack.sequence is None and not ack.is_last
+    with pytest.raises(TruncatedFrameError):
+        f.decode(bytes.fromhex("11b00000"))  # the standard reading wants a size
+    doc = gzip.compress(b'{"phonemes":[]}')
+    front = f.decode(bytes.fromhex("11c11100") + struct.pack(">I", len(doc)) + doc, dialect=V1)
+    assert front.type is MessageType.FRONTEND_RESPONSE and front.json() == {"phonemes": []}
+    msg = gzip.compress(b"voice does not exist")
+    err = f.decode(bytes.fromhex("11f01100") + struct.pack(">II", 3050, len(msg)) + msg,
+                   dialect=V1)
+    assert err.error_code == 3050 and err.error_message == "voice does not exist"
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=64))
+def test_fuzz_v1_dialect_garbage_raises_only_frame_errors(data: bytes) -> None:
+    try:
+        f.decode(data, dialect=V1)
+    except FrameError:
+        pass
+
+
 # --- round trips ----------------------------------------------------------------------------------
 
 

@@ -81,6 +81,29 @@ async def test_v1_streams_sequenced_chunks_into_one_mp3() -> None:
         assert synth.variant() == "volcano_tts"
 
 
+@pytest.mark.parametrize("shape", [
+    {"last_flags": 0b0010}, {"ack_first": True}, {"frontend_first": True},
+    {"ack_first": True, "frontend_first": True, "last_flags": 0b0010}])
+async def test_v1_accepts_every_frame_shape_of_the_reference_client(shape: dict[str, object]) -> None:
+    # the last audio frame flagged 0b0010 still carries its sequence; a bare ACK `11 B0 00 00`
+    # and a gzipped frontend response may come before the audio
+    async with VolcengineTtsEmulator(EmulatorConfig(chunk_bytes=256, **shape)) as emu:  # type: ignore[arg-type]
+        text = "今天天气很好。"
+        mp3 = await VolcengineTtsSynthesizer(emu.configure(Settings())).synthesize(
+            SynthesisRequest(text=text))
+        [s] = emu.syntheses
+        assert s.finished and s.chunks > 1
+        assert mp3join.duration(mp3) == pytest.approx(speech_seconds(text, 1.0), abs=0.002)
+
+
+async def test_v1_gzipped_error_message_is_read() -> None:
+    async with VolcengineTtsEmulator(EmulatorConfig(gzip_errors=True)) as emu:
+        emu.faults.append(Fault(code=3050, message="voice does not exist"))
+        with pytest.raises(VendorRejected, match="3050: voice does not exist"):
+            await VolcengineTtsSynthesizer(emu.configure(Settings())).synthesize(
+                SynthesisRequest(text="Hello there."))
+
+
 @pytest.mark.parametrize(("fault", "error", "code"), [
     (Fault(code=3005, message="backend busy"), VendorRetryable, 3005),
     (Fault(code=3003, message="quota exceeded for types: concurrency"), VendorRetryable, 3003),

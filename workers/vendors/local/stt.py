@@ -8,6 +8,7 @@ the event loop; each decoder loads its own language model (about 90 MB per chann
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 from collections.abc import AsyncIterator
@@ -46,6 +47,13 @@ class LocalOptions(BaseModel):
     vad_mode: int = Field(default=2, ge=0, le=3, description="VAD aggressiveness 0-3")
     window: float = Field(default=0.3, ge=0.1, le=2.0,
                           description="seconds of audio the endpointer decides on")
+
+
+def confidence(prob: float) -> float:
+    """A word's posterior from pocketsphinx as a confidence in [0, 1] (its arithmetic can
+    overshoot 1 slightly, e.g. 1.001), rounded to three places; NaN counts as 0."""
+    p = float(prob)
+    return 0.0 if math.isnan(p) else round(min(1.0, max(0.0, p)), 3)
 
 
 def _word(text: str) -> str:
@@ -110,7 +118,10 @@ class _ChannelDecoder:
         """End of audio: finish an utterance still open."""
         if not self.ep.in_speech:
             return []
-        speech = self.ep.end_stream(bytes(self.buf))
+        # end_stream() takes what is left of a frame; given nothing at all (audio that ended in
+        # speech exactly on a frame boundary) pocketsphinx raises IndexError: give it one
+        # silent sample instead
+        speech = self.ep.end_stream(bytes(self.buf) or bytes(2))
         self.buf.clear()
         if speech:
             self.dec.process_raw(speech)
@@ -136,7 +147,7 @@ class _ChannelDecoder:
             Word(text=_word(s.word),
                  start=round(self.utt_start + s.start_frame * FRAME_SECONDS, 3),
                  end=round(self.utt_start + (s.end_frame + 1) * FRAME_SECONDS, 3),
-                 confidence=round(float(s.prob), 3))
+                 confidence=confidence(s.prob))
             for s in self.dec.seg() if not _NOT_WORDS.match(s.word)
         )
         return [Transcript(text=text, is_final=True, start=round(self.utt_start, 3),
@@ -191,7 +202,7 @@ class LocalRecognizer(Recognizer):
     async def _run(self, fn: Any, *args: Any) -> None:
         try:
             results = await asyncio.get_running_loop().run_in_executor(_pool, fn, *args)
-        except (RuntimeError, ValueError) as e:
+        except (RuntimeError, ValueError, IndexError) as e:  # the session fails, not the worker
             raise VendorError(f"decoder failed: {e}", vendor=self.name) from e
         for t in results:
             self._queue.put_nowait(t)

@@ -27,6 +27,7 @@ import httpx
 
 from voxq.errors import InvalidInput
 from voxq.settings import Settings
+from workers.vendors.aws.settings import AwsSettings
 from workers.vendors.aws.sigv4 import SigV4Error, sign_headers
 from workers.vendors.base import (
     SynthesisRequest,
@@ -168,8 +169,9 @@ class PollySynthesizer(Synthesizer):
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
-        self.engine = settings.aws_polly_engine
-        endpoint = settings.aws_polly_endpoint or f"https://polly.{settings.aws_region}.amazonaws.com"
+        conf = AwsSettings.of(settings)
+        self.engine = conf.polly_engine
+        endpoint = conf.polly_endpoint or f"https://polly.{conf.region}.amazonaws.com"
         self.url = endpoint.rstrip("/") + PATH
 
     def voices(self) -> list[str]:
@@ -187,14 +189,7 @@ class PollySynthesizer(Synthesizer):
                                "(only by the standard engine); leave pitch at 1.0")
 
     def _credentials(self) -> tuple[str, str, str | None]:
-        s = self.settings
-        access = s.aws_access_key_id.get_secret_value() if s.aws_access_key_id else ""
-        secret = s.aws_secret_access_key.get_secret_value() if s.aws_secret_access_key else ""
-        token = s.aws_session_token.get_secret_value() if s.aws_session_token else None
-        if not access or not secret:
-            raise VendorAuthError("AWS credentials are missing: set AWS_ACCESS_KEY_ID and "
-                                  "AWS_SECRET_ACCESS_KEY in the worker's environment", vendor="aws")
-        return access, secret, token or None
+        return AwsSettings.of(self.settings).credentials()
 
     async def synthesize(self, request: SynthesisRequest) -> bytes:
         """MP3 of ``request.text`` (at most ``max_chars``)."""
@@ -203,7 +198,7 @@ class PollySynthesizer(Synthesizer):
         body = json.dumps(request_body(request, self.engine), ensure_ascii=False).encode("utf-8")
         try:
             headers = sign_headers("POST", self.url, {"Content-Type": "application/json"}, body,
-                                   self.settings.aws_region, SERVICE, access, secret, token,
+                                   AwsSettings.of(self.settings).region, SERVICE, access, secret, token,
                                    datetime.now(UTC))
         except SigV4Error as e:  # credentials, region or endpoint that cannot be signed
             about_keys = any(word in str(e) for word in ("key", "token"))

@@ -6,7 +6,7 @@ objects ``{"terminate_session": true}``, ``{"force_end_utterance": true}`` and
 ``{"end_utterance_silence_threshold": ms}``. Server → client (discriminator ``message_type``):
 ``SessionBegins``, ``PartialTranscript``, ``FinalTranscript``, ``SessionInformation``,
 ``SessionTerminated``, and ``{"error": "..."}`` before an error close.
-Facts: ``shared/protocols/assemblyai.md`` Part B.
+Facts: ``docs/protocols/assemblyai.md``, "v2 server messages" and the rest of Part B.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Client → server: binary frames of raw pcm_s16le (50-1000 ms each) and JSON tex
 ``Begin`` once, ``Turn`` repeatedly (the same ``turn_order`` repeats as words arrive; the one
 with ``end_of_turn`` closes the turn, and with ``format_turns`` a formatted copy may follow),
 ``Termination`` last, ``Error`` before an error close; others are tolerated and ignored.
-Facts: ``shared/protocols/assemblyai.md`` Part A.
+Facts: ``docs/protocols/assemblyai.md``, "v3 server messages" and the rest of Part A.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`dashscope` speech: CosyVoice streaming TTS over DashScope's inference WebSocket
-(``shared/protocols/dashscope.md`` §1, §3, §5).
+(``docs/protocols/dashscope.md``, "CosyVoice streaming synthesis"; also §1 and §5 there).
 
 One task per call: handshake (``Authorization: Bearer KEY``) → ``run-task`` (task ``tts``,
 function ``SpeechSynthesizer``, ``streaming: duplex``, ``input: {}``, the voice and audio
@@ -16,7 +16,6 @@ library's debug log and from any error text.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -28,15 +27,16 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from voxq import __version__
+from voxq.aio import within
 from voxq.settings import Settings
 from workers.vendors.base import (
     SynthesisRequest,
     Synthesizer,
-    VendorAuthError,
     VendorRejected,
     VendorRetryable,
 )
-from workers.vendors.dashscope.recognizer import handshake_error, task_error
+from workers.vendors.dashscope.settings import DashScopeSettings
+from workers.vendors.dashscope.stt import handshake_error, task_error
 from workers.vendors.redaction import websocket_logger
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class CosyVoiceSynthesizer(Synthesizer):
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
-        self.model = settings.dashscope_tts_model
+        self.model = DashScopeSettings.of(settings).tts_model
         self._secrets: tuple[str, ...] = ()
 
     def voices(self) -> list[str]:
@@ -114,19 +114,11 @@ class CosyVoiceSynthesizer(Synthesizer):
         return self.model
 
     def _headers(self) -> dict[str, str]:
-        key = self.settings.dashscope_api_key
-        secret = key.get_secret_value() if key is not None else ""
-        if not secret:
-            raise VendorAuthError("the DashScope API key is missing: set DASHSCOPE_API_KEY in the "
-                                  "worker's environment", vendor=VENDOR)
-        self._secrets = (secret,)
-        headers = {"Authorization": f"Bearer {secret}"}
-        if self.settings.dashscope_workspace:
-            headers["X-DashScope-WorkSpace"] = self.settings.dashscope_workspace
+        headers, self._secrets = DashScopeSettings.of(self.settings).headers()
         return headers
 
     async def _connect(self) -> ClientConnection:
-        url = self.settings.dashscope_url
+        url = DashScopeSettings.of(self.settings).url
         try:
             return await connect(url, additional_headers=self._headers(), compression=None,
                                  open_timeout=self.open_timeout, ping_interval=None,
@@ -202,7 +194,7 @@ class CosyVoiceSynthesizer(Synthesizer):
             raise VendorRetryable(f"connection lost during the task ({code})", vendor=VENDOR) from None
         finally:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), self.close_timeout)
+                await within(ws.close(), self.close_timeout)
         if not audio:
             raise VendorRetryable("task-finished without audio", vendor=VENDOR)
         return bytes(audio)

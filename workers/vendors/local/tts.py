@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 import soundfile as sf
 
+from voxq.aio import within
 from voxq.settings import Settings
 from workers.vendors.base import SynthesisRequest, Synthesizer, VendorRejected, VendorRetryable
 
@@ -124,11 +125,15 @@ async def _run_binary(binary: str, text: str, voice: str, rate: int, amplitude: 
     except OSError as e:
         raise VendorRejected(f"cannot run {binary}: {e.strerror or e}", vendor="local") from None
     try:
-        out, err = await asyncio.wait_for(proc.communicate(text.encode("utf-8")), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise VendorRetryable(f"espeak-ng took longer than {timeout:g}s", vendor="local") from None
+        out, err = await within(proc.communicate(text.encode("utf-8")), timeout)
+    except BaseException as e:  # a timeout or our cancellation: the child must not outlive it
+        if proc.returncode is None:
+            proc.kill()
+            await asyncio.shield(proc.wait())
+        if isinstance(e, TimeoutError):
+            raise VendorRetryable(f"espeak-ng took longer than {timeout:g}s",
+                                  vendor="local") from None
+        raise
     message = err.decode("utf-8", "replace").strip()
     if proc.returncode != 0 or not out:
         if "voice" in message.lower():
@@ -179,8 +184,8 @@ class LocalSynthesizer(Synthesizer):
             lib = library
             synth: Callable[[], bytes] = lambda: lib.synthesize(  # noqa: E731
                 request.text, voice, rate, amplitude, pitch)
-            pcm = await asyncio.wait_for(asyncio.to_thread(synth),
-                                         self.settings.tts_vendor_timeout_seconds)
+            pcm = await within(asyncio.to_thread(synth),
+                               self.settings.tts_vendor_timeout_seconds)
             return np.frombuffer(pcm, "<i2"), library.rate
         binary = self._binary or shutil.which("espeak-ng") or shutil.which("espeak")
         if binary is None:
