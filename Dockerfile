@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # voxq: one image, three roles. The command picks the role:
 #
 #   docker run voxq api          # the HTTP API on :8000
@@ -10,13 +9,25 @@
 # with its en-US model (recognition) and espeak-ng from the espeakng-loader wheel (speech), MP3
 # through the libsndfile bundled in the soundfile wheel. No system package is needed at run time.
 #
-# This repository's CI has no container engine: the image is not built there.
-# tests/k8s/test_dockerfile.py checks this file's structure statically.
+# Portable on purpose: the classic Dockerfile syntax only (no heredocs, COPY --chmod/--link,
+# RUN --mount, no `# syntax=` line), so Docker (BuildKit or not), Podman/Buildah and Kaniko build
+# it unchanged. tests/k8s/test_dockerfile.py keeps it that way.
+#
+#   docker build -t voxq .                  # the image (the last stage, `image`)
+#   docker build --target smoke .           # also runs the smoke test inside the image; not shipped
+#                                           # (the classic builder runs it on every build)
+#   scripts/build-image --help              # Podman/Buildah, timings, a local base without a registry
+#
+# PYTHON_IMAGE is the base of every stage: the official slim Python by default; any Debian-based
+# image with python3 and python3-venv works (scripts/build-image --local-base makes one with
+# debootstrap, for networks without an image registry). PIP_INDEX_URL points pip at a mirror.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # --- build: a virtual environment with voxq and its dependencies ---------------------------------
 FROM ${PYTHON_IMAGE} AS build
+# A pip mirror, if any (unset: pip's own default or the base image's pip config); build stage only.
+ARG PIP_INDEX_URL
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -51,48 +62,18 @@ assert os.path.isdir(pocketsphinx.get_model_path()), 'pocketsphinx model missing
 assert os.path.exists(espeakng_loader.get_library_path()), 'libespeak-ng missing'; \
 assert 'MP3' in soundfile.available_formats(), 'libsndfile without MP3'"
 
-# --- runtime: the virtual environment on a clean slim image, no compiler, non-root ---------------
+# --- runtime: the virtual environment on a clean base image, no compiler, non-root ---------------
 FROM ${PYTHON_IMAGE} AS runtime
-RUN groupadd --system --gid 10001 voxq \
+COPY --from=build /opt/voxq /opt/voxq
+# Docker's HEALTHCHECK (Kubernetes ignores it and uses the pod's probes): docker/voxq-healthcheck
+# probes the role this container runs - the API's /healthz, a worker's /healthz on
+# VOXQ_WORKER_HEALTH_PORT. The TTS worker has no health endpoint: its process being there is the
+# check. A plain COPY and a chmod, which every builder takes.
+COPY docker/voxq-healthcheck /opt/voxq/bin/voxq-healthcheck
+RUN chmod 0755 /opt/voxq/bin/voxq-healthcheck \
+ && groupadd --system --gid 10001 voxq \
  && useradd --system --uid 10001 --gid voxq --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin voxq
-COPY --from=build /opt/voxq /opt/voxq
-
-# Docker's HEALTHCHECK (Kubernetes ignores it and uses the pod's probes): probe the role this
-# container runs - the API's /healthz, a worker's /healthz on VOXQ_WORKER_HEALTH_PORT. The TTS
-# worker has no health endpoint: its process being there is the check.
-COPY --chmod=0755 <<'EOF' /opt/voxq/bin/voxq-healthcheck
-#!/opt/voxq/bin/python
-import os
-import sys
-import urllib.request
-
-
-def role():
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = [os.path.basename(a.decode(errors="replace")) for a in f.read().split(b"\0") if a]
-        except OSError:
-            continue
-        if "voxq" in argv[:2] and argv.index("voxq") + 1 < len(argv):
-            return argv[argv.index("voxq") + 1]
-    return None
-
-
-name = role()
-port = {"api": os.environ.get("VOXQ_API_PORT", "8000"),
-        "worker": os.environ.get("VOXQ_WORKER_HEALTH_PORT")}.get(name)
-if name is None:
-    sys.exit("no voxq process")
-if not port:
-    sys.exit(0)
-try:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=4) as answer:
-        sys.exit(0 if answer.status == 200 else 1)
-except OSError as e:
-    sys.exit(f"{name}: /healthz on port {port}: {e}")
-EOF
 
 # HOME and TMPDIR on /tmp (an emptyDir in Kubernetes) because the root filesystem is read-only.
 # The API listens on all addresses in a container; a worker serves its probes on 8081.
@@ -112,3 +93,14 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD ["voxq-healthcheck"]
 ENTRYPOINT ["voxq"]
 CMD ["api"]
+
+# --- smoke: the runtime image tested from the inside, as its own user; never shipped -------------
+# Every role's command, `voxq demo --fast` on the bundled sample with the embedded Redis, a
+# `voxq tts` to MP3, the health check against a running API, no compiler, the package read-only
+# for the runtime user. Build it with `--target smoke`; a failed check fails the build.
+FROM runtime AS smoke
+COPY docker/smoke.py /opt/voxq-smoke/smoke.py
+RUN python /opt/voxq-smoke/smoke.py
+
+# --- image: what `docker build .` produces when no --target is given - the runtime stage ---------
+FROM runtime AS image
