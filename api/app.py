@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from api import errors, events, routes_health, routes_sessions, routes_tts
+from api import errors, events, openapi, routes_health, routes_sessions, routes_tts, routes_webhooks
 from api.auth import require_key
+from api.hub import EventHub
 from api.state import ApiOptions, ApiState
-from voxq import __version__
+from api.webhooks import WebhookDispatcher
+from voxq import __version__, redaction
 from voxq.keys import Keys
-from voxq.redis_conn import connect, rq_url
+from voxq.redis_conn import connect_bounded, rq_url
 from voxq.settings import Settings
+
+log = logging.getLogger("voxq.api")
 
 
 def create_app(settings: Settings, redis_url: str,
@@ -22,15 +28,41 @@ def create_app(settings: Settings, redis_url: str,
     InvalidInput at once if the TTS queue has no usable Redis (a cluster without
     VOXQ_RQ_REDIS_URL)."""
     rq_url(settings, redis_url)
+    redaction.install(settings)
     state = ApiState(settings=settings, keys=Keys(settings.prefix), redis_url=redis_url,
-                     options=options or ApiOptions())
+                     options=options or ApiOptions.from_settings(settings))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state.redis = connect(redis_url)
+        opts = state.options
+        state.redis = connect_bounded(redis_url, opts.redis_connections,
+                                      opts.pool_timeout_seconds)
+        state.hub = EventHub(redis_url, state.keys, state.redis, queue_limit=opts.queue_limit,
+                             batch=opts.batch, block_ms=int(opts.poll_seconds * 1000),
+                             status_check_seconds=opts.status_check_seconds)
+        # Followers' own reads (catch-up, the last finals) take at most all but two pooled
+        # connections, so request routes and readiness always find one.
+        state.follower_gate = asyncio.Semaphore(max(1, opts.redis_connections - 2))
+        hub_task = asyncio.create_task(state.hub.run(), name="event-hub")
+        dispatcher = hook_task = hooks_r = None
+        if settings.webhook_secret is not None:
+            # One connection of its own: a burst of deliveries never takes the routes' pool.
+            hooks_r = connect_bounded(redis_url, 1, 30.0)
+            dispatcher = WebhookDispatcher(hooks_r, state.keys, settings,
+                                           poll_seconds=opts.webhook_poll_seconds,
+                                           retry_base_seconds=settings.webhook_retry_base_seconds)
+            hook_task = asyncio.create_task(dispatcher.run(), name="webhooks")
         try:
             yield
         finally:
+            if dispatcher is not None and hook_task is not None \
+                    and not await dispatcher.stop(hook_task):
+                log.error("webhook delivery did not stop within 10 s of its cancellation")
+            if hooks_r is not None:
+                await hooks_r.aclose()
+            if not await state.hub.stop(hub_task):
+                log.error("the event hub did not stop within 10 s of its cancellation")
+            state.hub = None
             client, state.redis = state.redis, None
             await client.aclose()
 
@@ -42,6 +74,9 @@ def create_app(settings: Settings, redis_url: str,
     v1 = [Depends(require_key)]
     # /events and /transcript are registered before the catch-all `{session_id:path}` route.
     app.include_router(events.router, prefix="/v1", tags=["events"], dependencies=v1)
+    app.include_router(events.ws_router, prefix="/v1")  # checks the key itself
+    app.include_router(routes_webhooks.router, prefix="/v1", tags=["webhooks"], dependencies=v1)
     app.include_router(routes_sessions.router, prefix="/v1", tags=["sessions"], dependencies=v1)
     app.include_router(routes_tts.router, prefix="/v1", tags=["tts"], dependencies=v1)
+    openapi.install(app, settings)
     return app

@@ -1,116 +1,98 @@
-"""/v1/sessions/{id}/events: partials and finals live as Server-Sent Events, resumable.
+"""Live routes on the event hub: a session's events as Server-Sent Events
+(/v1/sessions/{id}/events) and as a WebSocket (/v1/sessions/{id}/live), and the lifecycle
+firehose of every session (/v1/events).
 
-One XREAD BLOCK covers both the final and the partial stream (same `{SID}` hash tag, so it
-is cluster-safe). The session status is read *before* each XREAD: once it is terminal, the
-read that follows sees every final the worker wrote before marking it, so the stream ends
-with all finals, then one `status` event.
+Every follower costs no Redis connection of its own (see api/hub.py); followers beyond
+``max_streams`` get 503 with Retry-After while every other route keeps answering.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import re
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, WebSocket
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from api import sse
+from api.auth import key_matches
+from api.errors import short
+from api.follow import KEEPALIVE, SessionFollow
+from api.hub import EventHub, Kind
 from api.models import ErrorOut
-from api.sse import Cursor
-from api.state import ApiOptions, ApiState, api_state, redis_of
-from api.transcript_formats import segment_dict
-from voxq.errors import InvalidInput, UnknownSession
-from voxq.keys import Keys, validate_session_id
-from voxq.records import Status, decode_transcript
+from api.sse import Cursor, stream_id_key
+from api.state import ApiState, api_state, redis_of
+from voxq.errors import InvalidInput, InvalidSessionId, MalformedRecord, UnknownSession
+from voxq.keys import validate_session_id
+from voxq.lifecycle import decode_lifecycle
+from voxq.records import Status
+from voxq.sessions import get_meta
 
 log = logging.getLogger("voxq.api.events")
 router = APIRouter()
+ws_router = APIRouter()
 
-Entry = tuple[str, str, Any]  # (kind, stream id, fields)
-
-
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
-
-def merge_reply(reply: Any, final_key: str) -> list[Entry]:
-    """XREAD's answer (RESP2 list or RESP3 dict) as entries of both streams in id order."""
-    pairs = reply.items() if isinstance(reply, dict) else (reply or [])
-    out: list[Entry] = []
-    for key, entries in pairs:
-        kind = "final" if _s(key) == final_key else "partial"
-        out.extend((kind, _s(eid), fields) for eid, fields in entries)
-    out.sort(key=lambda e: (sse.stream_id_key(e[1]), e[0] == "partial"))
-    return out
+MAX_WAIT_SECONDS = 600
+STREAM_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+BUSY = "too many live event streams; retry later"
+RETRY_AFTER = "5"
 
 
-def event_data(fields: Any) -> str:
-    """JSON of one transcript entry: the JSON transcript's segment shape, plus result_id."""
-    t = decode_transcript(fields)
-    d = segment_dict(t, 0)
-    d["seq"] = t.seq  # the worker's index of a final; null for partials
-    d["result_id"] = t.result_id
-    return json.dumps(d, separators=(",", ":"))
+def hub_of(state: ApiState) -> EventHub:
+    """The process's event hub; RuntimeError before the lifespan started it (a wiring bug)."""
+    if state.hub is None:
+        raise RuntimeError("the event hub is not running: run the app's lifespan")
+    return state.hub
 
 
-def _status(raw: bytes | str | None) -> Status | None:
+def _busy(state: ApiState) -> bool:
+    return state.live_streams >= state.options.max_streams
+
+
+def _follow(state: ApiState, sid: str, cursor: Cursor | None) -> SessionFollow:
+    return SessionFollow(hub_of(state), redis_of(state), state.keys, sid, cursor,
+                         state.options.batch, gate=state.follower_gate)
+
+
+async def _started(state: ApiState, sid: str, cursor: Cursor | None,
+                   wait: float) -> SessionFollow:
+    """A follow whose first read found the session, waiting up to ``wait`` seconds for it to
+    be created; UnknownSession if it does not exist by then. Waiting holds no Redis
+    connection: the hub wakes it on the session's ``created`` event."""
+    follow = _follow(state, sid, cursor)
+    if await follow.start():
+        return follow
+    if wait <= 0:
+        raise UnknownSession(f"no session {sid!r}")
+    hub = hub_of(state)
+    fut = hub.waiter(sid)
     try:
-        return Status(_s(raw)) if raw is not None else None
-    except ValueError:
-        return None
+        if await follow.start():  # created between the first read and the waiter
+            return follow
+        async with asyncio.timeout(wait):
+            await fut
+    except TimeoutError:
+        raise UnknownSession(f"no session {sid!r} after waiting {wait:g} s") from None
+    finally:
+        hub.drop_waiter(sid, fut)
+    if not await follow.start():
+        raise UnknownSession(f"no session {sid!r}")
+    return follow
 
 
-async def start_cursor(r: aioredis.Redis, keys: Keys, sid: str) -> Cursor:
-    """Where a fresh connection starts: every final so far, and partials from now on."""
-    last = await r.xrevrange(keys.partial(sid), count=1)
-    newest = last[0][0] if last else None
-    return Cursor(final="0-0", partial=_s(newest) if newest is not None else "0-0")
-
-
-async def session_events(r: aioredis.Redis, keys: Keys, sid: str, cursor: Cursor,
-                         opts: ApiOptions,
-                         disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[str]:
-    """SSE messages for one session from `cursor` until it is terminal or the client leaves."""
-    fkey, pkey, mkey = keys.final(sid), keys.partial(sid), keys.meta(sid)
-    block_ms = max(1, int(opts.poll_seconds * 1000))
-    last_sent = time.monotonic()
-    while not await disconnected():
-        raw_status, raw_error = await r.hmget(mkey, ["status", "error"])
-        if raw_status is None:
-            log.info("session %s vanished while streaming its events", sid)
-            return
-        status = _status(raw_status)
-        terminal = status is not None and status.terminal
-        reply = await r.xread({fkey: cursor.final, pkey: cursor.partial}, count=opts.batch,
-                              block=None if terminal else block_ms)
-        entries = merge_reply(reply, fkey)
-        for kind, eid, fields in entries:
-            cursor = cursor.advanced(kind, eid)
-            try:
-                data = event_data(fields)
-            except InvalidInput as e:
-                log.warning("skipping malformed %s entry %s of %s: %s", kind, eid, sid, e)
-                continue
-            yield sse.message(kind, data, cursor.event_id)
-            last_sent = time.monotonic()
-        if terminal and not entries:
-            assert status is not None
-            info = {"status": status.value, "error": _s(raw_error) if raw_error else ""}
-            yield sse.message("status", json.dumps(info, separators=(",", ":")),
-                              cursor.event_id)
-            return
-        if time.monotonic() - last_sent >= opts.keepalive_seconds:
-            yield sse.comment()
-            last_sent = time.monotonic()
+def unreadable_status(e: MalformedRecord, cursor: Cursor) -> str:
+    """The one `status` event of a session whose stored record cannot be read."""
+    info = {"status": Status.FAILED.value, "error": short(f"stored record cannot be read: {e}")}
+    return sse.message("status", json.dumps(info, separators=(",", ":")), cursor.event_id)
 
 
 async def _counted(state: ApiState, stream: AsyncIterator[str]) -> AsyncIterator[str]:
     """Count the stream among the live ones for as long as it runs."""
-    state.live_streams += 1
     try:
         async for chunk in stream:
             yield chunk
@@ -121,15 +103,27 @@ async def _counted(state: ApiState, stream: AsyncIterator[str]) -> AsyncIterator
             await aclose()
 
 
+async def _sse(follow: SessionFollow, request: Request, keepalive: float) -> AsyncIterator[str]:
+    async for ev in follow.events(request.is_disconnected, keepalive):
+        yield sse.comment() if ev is KEEPALIVE else sse.message(ev.kind, ev.data, ev.id)
+
+
+WAIT_QUERY = Query(ge=0, le=MAX_WAIT_SECONDS,
+                   description="Seconds to wait for a session that does not exist yet "
+                               "(a follower may connect before its producer); 0: answer 404 "
+                               "at once.")
+
+
 @router.get(
     "/sessions/{session_id:path}/events", summary="Live partials and finals (SSE)",
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}},
-              "description": "Events `partial`, `final`, and a last `status`; resumable ids."},
-        404: {"model": ErrorOut, "description": "No such session."},
+              "description": "Events `partial`, `final`, and a last `status` (or `error` when "
+                             "a too slow client is cut off); resumable ids."},
+        404: {"model": ErrorOut, "description": "No such session (within `wait`)."},
         422: {"model": ErrorOut, "description": "Malformed id or Last-Event-ID."},
-        503: {"model": ErrorOut, "description": "Too many live streams."},
+        503: {"model": ErrorOut, "description": "Too many live streams (Retry-After)."},
     })
 async def events(
     session_id: str,
@@ -138,23 +132,187 @@ async def events(
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
     last_event_id_q: Annotated[str | None, Query(
         alias="last_event_id", description="Fallback for the Last-Event-ID header.")] = None,
+    wait: Annotated[float, WAIT_QUERY] = 0,
 ) -> StreamingResponse:
     """Stream the session's events; without Last-Event-ID, replay the finals so far first."""
     sid = validate_session_id(session_id)
-    r = redis_of(state)
     resume = last_event_id or last_event_id_q
     try:
         cursor = Cursor.parse(resume) if resume else None
     except InvalidInput as e:
         raise HTTPException(422, str(e)) from e
-    if not await r.exists(state.keys.meta(sid)):
-        raise UnknownSession(f"no session {sid!r}")
-    if state.live_streams >= state.options.max_streams:
-        raise HTTPException(503, "too many live event streams; retry later",
-                            headers={"Retry-After": "5"})
-    if cursor is None:
-        cursor = await start_cursor(r, state.keys, sid)
-    stream = session_events(r, state.keys, sid, cursor, state.options, request.is_disconnected)
+    try:
+        await get_meta(redis_of(state), state.keys, sid)
+    except MalformedRecord as e:
+        # The session can never be followed: say so in the stream's last event and end it.
+        log.warning("events of %s: %s", sid, e)
+        return StreamingResponse(
+            iter([unreadable_status(e, cursor or Cursor())]), media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"})
+    except UnknownSession:
+        pass  # not created yet: the follow below waits for it (?wait=) or answers 404
+    if _busy(state):
+        raise HTTPException(503, BUSY, headers={"Retry-After": RETRY_AFTER})
+    state.live_streams += 1
+    try:
+        follow = await _started(state, sid, cursor, wait)
+    except BaseException:
+        state.live_streams -= 1
+        raise
     return StreamingResponse(
-        _counted(state, stream), media_type="text/event-stream",
+        _counted(state, _sse(follow, request, state.options.keepalive_seconds)),
+        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get(
+    "/events", summary="Lifecycle firehose of every session (SSE)",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}},
+              "description": "One event per lifecycle change, named by the status "
+                             "(`created`, `active`, `finished`, `failed`, `abandoned`), data "
+                             "`{session_id, status, error, vendor, time}`."},
+        503: {"model": ErrorOut, "description": "Too many live streams (Retry-After)."},
+    })
+async def firehose(
+    request: Request,
+    state: Annotated[ApiState, Depends(api_state)],
+    status: Annotated[list[Status] | None, Query(
+        description="Only these statuses (repeat the parameter for several).")] = None,
+    last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
+    last_event_id_q: Annotated[str | None, Query(
+        alias="last_event_id", description="Fallback for the Last-Event-ID header: resume "
+                                           "after this event (the lifecycle stream is capped)."
+    )] = None,
+) -> StreamingResponse:
+    """Every session's lifecycle events from now on, or from after Last-Event-ID."""
+    resume = (last_event_id or last_event_id_q or "").strip()
+    if resume and not STREAM_ID_RE.fullmatch(resume):
+        raise HTTPException(422, f"malformed Last-Event-ID {resume[:60]!r}: expected a "
+                                 "lifecycle event id such as 1700000000000-0")
+    if _busy(state):
+        raise HTTPException(503, BUSY, headers={"Retry-After": RETRY_AFTER})
+    hub = hub_of(state)
+    wanted = frozenset(s.value for s in status or ())
+    follower = hub.join_firehose(wanted)  # first, so nothing between catch-up and live is lost
+    state.live_streams += 1
+    keepalive = state.options.keepalive_seconds
+    r = redis_of(state)
+
+    async def stored() -> AsyncIterator[tuple[str, dict[str, object]]]:
+        """Lifecycle events stored after ``resume`` (read in pages on the route pool)."""
+        after = resume
+        while True:
+            async with state.follower_gate or asyncio.Semaphore(1):
+                page: Any = await r.xrange(state.keys.lifecycle, min=f"({after}",
+                                           count=state.options.batch)
+            for eid_raw, fields in page or ():
+                after = eid_raw.decode()
+                try:
+                    ev = decode_lifecycle(fields)
+                except (InvalidInput, ValueError):
+                    continue
+                if not wanted or ev.status.value in wanted:
+                    d = ev.to_dict()
+                    vendor = ev.vendor or hub.vendor_of(ev.session_id)
+                    if not vendor:
+                        raw = await r.hget(state.keys.meta(ev.session_id), "vendor")
+                        vendor = raw.decode() if isinstance(raw, bytes) else (raw or "")
+                    d["vendor"] = vendor
+                    yield after, d
+            if len(page or ()) < state.options.batch:
+                return
+
+    async def stream() -> AsyncIterator[str]:
+        last = resume or "0-0"
+        try:
+            if resume:
+                async for eid, data in stored():
+                    last = eid
+                    yield sse.message(str(data["status"]), json.dumps(
+                        data, separators=(",", ":")), eid)
+            while True:
+                if not await follower.wait(keepalive):
+                    if await request.is_disconnected():
+                        return
+                    yield sse.comment()
+                    continue
+                for kind, eid, data in follower.take():
+                    if kind is Kind.LIFECYCLE and stream_id_key(eid) > stream_id_key(last):
+                        yield sse.message(data["status"], json.dumps(
+                            data, separators=(",", ":")), eid)
+                if follower.overflowed:
+                    yield sse.message("error", json.dumps(
+                        {"error": "slow_consumer", "detail": "this follower fell too far "
+                         "behind and was cut off; reconnect"}))
+                    return
+        finally:
+            hub.leave(follower)
+
+    return StreamingResponse(_counted(state, stream()), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _refuse(websocket: WebSocket, code: int, detail: str,
+                  headers: dict[str, str] | None = None) -> None:
+    """Refuse the handshake with an HTTP answer like the SSE route's (the server's WebSocket
+    denial response), or close with 1008 where the server cannot send one."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(
+            JSONResponse({"detail": detail}, status_code=code, headers=headers))
+    else:
+        await websocket.close(1008, detail[:120])
+
+
+@ws_router.websocket("/sessions/{session_id:path}/live")
+async def live(websocket: WebSocket, session_id: str, after: str | None = None,
+               wait: float = 0) -> None:
+    """The session's events as JSON messages `{"event", "id", "data"}` over a WebSocket,
+    resumable with `?after=<id>`; closes with 1000 after the `status` event. A refused
+    handshake answers like the SSE route: 401, 404, 422 or 503 (Retry-After)."""
+    state: ApiState = websocket.app.state.api
+    secret = state.settings.api_key
+    expected = secret.get_secret_value() if secret is not None else ""
+    auth = websocket.headers.get("authorization", "")
+    scheme, _, given = auth.partition(" ")
+    if expected and not (scheme.lower() == "bearer" and key_matches(expected, given)):
+        await _refuse(websocket, 401, "missing or wrong API key", {"WWW-Authenticate": "Bearer"})
+        return
+    try:
+        sid = validate_session_id(session_id)
+        cursor = Cursor.parse(after) if after else None
+    except (InvalidSessionId, InvalidInput) as e:
+        await _refuse(websocket, 422, str(e))
+        return
+    if _busy(state):
+        await _refuse(websocket, 503, BUSY, {"Retry-After": RETRY_AFTER})
+        return
+    state.live_streams += 1
+    try:
+        try:
+            follow = await _started(state, sid, cursor, min(max(wait, 0.0), MAX_WAIT_SECONDS))
+        except UnknownSession as e:
+            await _refuse(websocket, 404, str(e))
+            return
+        await websocket.accept()
+        # The client sends nothing; a receive that returns means it left (checked on idle).
+        gone = asyncio.ensure_future(websocket.receive())
+
+        async def disconnected() -> bool:
+            return gone.done()
+
+        try:
+            async for ev in follow.events(disconnected, state.options.keepalive_seconds):
+                if ev is KEEPALIVE:
+                    continue
+                await websocket.send_text(
+                    f'{{"event":"{ev.kind}","id":"{ev.id}","data":{ev.data}}}')
+            if websocket.application_state is WebSocketState.CONNECTED and not gone.done():
+                await websocket.close(1000)
+        finally:
+            gone.cancel()
+    except (WebSocketDisconnect, RuntimeError) as e:  # the client left mid-send
+        log.debug("live %s: client left (%s)", session_id[:128], e)
+    finally:
+        state.live_streams -= 1

@@ -10,12 +10,13 @@ from api import transcript_formats as tf
 from api.models import ErrorOut, SessionOut, SessionPage, TranscriptOut
 from api.state import ApiState, api_state, redis_of
 from voxq.keys import validate_session_id
-from voxq.sessions import get_meta, list_sessions, read_finals
+from voxq.sessions import get_meta, list_sessions, read_finals_skipping
 
 router = APIRouter()
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "No such session."},
+    409: {"model": ErrorOut, "description": "The session's stored record cannot be read."},
     422: {"model": ErrorOut, "description": "Malformed session id or parameter."},
 }
 
@@ -26,9 +27,10 @@ async def sessions_page(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> SessionPage:
-    """One page of the session index, newest first."""
+    """One page of the session index, newest first; unreadable records are left out and
+    counted in `skipped`."""
     page = await list_sessions(redis_of(state), state.keys, offset=offset, limit=limit)
-    return SessionPage(total=page.total, offset=offset, limit=limit,
+    return SessionPage(total=page.total, offset=offset, limit=limit, skipped=page.skipped,
                        items=[SessionOut.from_meta(m) for m in page.sessions])
 
 
@@ -44,18 +46,21 @@ async def transcript(
     state: Annotated[ApiState, Depends(api_state)],
     format: Annotated[tf.Format, Query(description="json, txt, srt or vtt")] = tf.Format.JSON,
 ) -> Any:
-    """The final segments so far, in stream order, in the requested format."""
+    """The final segments so far, in stream order, in the requested format (entries that
+    cannot be read are left out and counted in `skipped`, or the X-Voxq-Skipped header)."""
     sid = validate_session_id(session_id)
     r = redis_of(state)
     meta = await get_meta(r, state.keys, sid)
-    segments = [t for _, t in await read_finals(r, state.keys, sid)]
+    finals = await read_finals_skipping(r, state.keys, sid)
+    segments = [t for _, t in finals.segments]
     if format is tf.Format.JSON:
         return TranscriptOut.model_validate({
-            "session_id": sid, "status": meta.status,
+            "session_id": sid, "status": meta.status, "skipped": finals.skipped,
             "segments": [tf.segment_dict(t, i) for i, t in enumerate(segments)],
         })
     return Response(tf.render_text(format, segments, meta.channels),
-                    media_type=tf.MEDIA_TYPES[format])
+                    media_type=tf.MEDIA_TYPES[format],
+                    headers={"X-Voxq-Skipped": str(finals.skipped)})
 
 
 @router.get("/sessions/{session_id:path}", response_model=SessionOut, responses=NOT_FOUND,

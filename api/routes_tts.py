@@ -4,14 +4,14 @@ a zip of a batch's MP3s.
 Requests are validated here, before anything is written: empty text and unknown vendors, voices
 or rates are 422 (the answer lists what exists), text over VOXQ_TTS_MAX_TEXT_CHARS and batches
 over VOXQ_TTS_MAX_BATCH_ITEMS are 413, and the body is read with a byte bound so an oversized
-upload is refused before it is parsed. A request the content cache can answer finishes at once
+upload is refused before it is parsed (``api.json_body``: size, depth, values and items are checked
+while the body streams in). A request the content cache can answer finishes at once
 (no RQ job); the others get a record ``PREFIX:tts:{JOB}`` and an RQ job on the TTS queue.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import zipfile
 from collections.abc import AsyncIterator
@@ -20,20 +20,24 @@ from typing import Annotated, Any
 import redis
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from api.json_body import JsonLimits, read_model
+from api.models import BatchAccepted, JobAccepted
 from api.state import ApiState, api_state, redis_of
 from voxq.errors import InvalidInput
 from voxq.redis_conn import connect_sync, rq_url
+from voxq.settings import Settings
 from workers.tts import jobs
 from workers.tts.cache import TtsCache
-from workers.tts.jobs import Plan, TextTooLong, TooManyItems, TtsRequest, UnknownJob
+from workers.tts.jobs import Plan, TextTooLong, TtsRequest, UnknownJob
 
 router = APIRouter()
 State = Annotated[ApiState, Depends(api_state)]
 
 _JSON_OVERHEAD = 4096
 _BYTES_PER_CHAR = 6  # worst case of a JSON-escaped character (\uXXXX)
+_VALUES_PER_ITEM = 32  # JSON values one request may hold (it has 9 fields, all scalars)
 
 
 class TtsBatchRequest(BaseModel):
@@ -44,31 +48,20 @@ class TtsBatchRequest(BaseModel):
     items: list[TtsRequest] = Field(min_length=1, description="The requests, in order.")
 
 
-def _validation_reason(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
+def single_limits(settings: Settings) -> JsonLimits:
+    """Body limits of POST /v1/tts: one request of at most VOXQ_TTS_MAX_TEXT_CHARS."""
+    return JsonLimits(max_bytes=settings.tts_max_text_chars * _BYTES_PER_CHAR + _JSON_OVERHEAD,
+                      max_values=_VALUES_PER_ITEM, max_depth=2)
 
 
-async def _read_json(request: Request, limit: int) -> Any:
-    """The JSON body, read with a byte bound (413 past it, 422 if it is not JSON)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413,
-                            f"request body is {declared} bytes; the limit is {limit}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise HTTPException(413,
-                                f"request body is over the limit of {limit} bytes")
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise HTTPException(422,
-                            "request body is not valid JSON") from None
+def batch_limits(settings: Settings) -> JsonLimits:
+    """Body limits of POST /v1/tts/batch, from VOXQ_TTS_MAX_BATCH_ITEMS × one request's."""
+    items = settings.tts_max_batch_items
+    one = single_limits(settings)
+    return JsonLimits(max_bytes=items * one.max_bytes, max_values=items * _VALUES_PER_ITEM + 2,
+                      max_depth=3, list_key="items", max_list_items=items,
+                      list_too_long="batch has more than {limit} items; the limit is {limit} "
+                                    "(VOXQ_TTS_MAX_BATCH_ITEMS)")
 
 
 def _plan(req: TtsRequest, state: ApiState, where: str = "") -> Plan:
@@ -104,6 +97,9 @@ def _rq_status_reader(request: Request, state: ApiState) -> jobs.RqStatusReader 
     return read
 
 
+_LOCATION = {"description": "The status URL.", "schema": {"type": "string"}}
+
+
 def _job_links(job_id: str) -> dict[str, str]:
     return {"status_url": f"/v1/tts/{job_id}", "audio_url": f"/v1/tts/{job_id}/audio"}
 
@@ -136,37 +132,26 @@ async def _submit(request: Request, state: ApiState, plans: list[Plan],
 
 
 @router.post("/tts", status_code=202, summary="Submit a text-to-speech job",
+             responses={202: {"model": JobAccepted, "description": "Accepted.",
+                              "headers": {"Location": _LOCATION}}},
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/json": {"schema": TtsRequest.model_json_schema()}}}})
 async def submit(request: Request, state: State) -> JSONResponse:
     """202 with the job id; poll the status URL, then fetch the audio URL."""
-    limit = state.settings.tts_max_text_chars * _BYTES_PER_CHAR + _JSON_OVERHEAD
-    try:
-        req = TtsRequest.model_validate(await _read_json(request, limit))
-    except ValidationError as e:
-        raise HTTPException(422, _validation_reason(e)) from None
+    # strict: JSON types as documented (no 0 for false, no "1" for 1.0)
+    req = await read_model(request, TtsRequest, single_limits(state.settings))
     [answer] = await _submit(request, state, [_plan(req, state)], None)
     return JSONResponse(answer, status_code=202, headers={"Location": answer["status_url"]})
 
 
 @router.post("/tts/batch", status_code=202, summary="Submit a batch of text-to-speech jobs",
+             responses={202: {"model": BatchAccepted, "description": "Accepted.",
+                              "headers": {"Location": _LOCATION}}},
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/json": {"schema": TtsBatchRequest.model_json_schema()}}}})
 async def submit_batch(request: Request, state: State) -> JSONResponse:
     """202 with the batch id and its job ids, in item order."""
-    settings = state.settings
-    max_items = settings.tts_max_batch_items
-    limit = max_items * (settings.tts_max_text_chars * _BYTES_PER_CHAR + _JSON_OVERHEAD)
-    body = await _read_json(request, limit)
-    items = body.get("items") if isinstance(body, dict) else None
-    if isinstance(items, list) and len(items) > max_items:
-        raise HTTPException(413,
-                            str(TooManyItems(f"batch has {len(items)} items; the limit is {max_items} "
-                                             "(VOXQ_TTS_MAX_BATCH_ITEMS)")))
-    try:
-        batch = TtsBatchRequest.model_validate(body)
-    except ValidationError as e:
-        raise HTTPException(422, _validation_reason(e)) from None
+    batch = await read_model(request, TtsBatchRequest, batch_limits(state.settings))
     plans = [_plan(item, state, f"items.{i}: ") for i, item in enumerate(batch.items)]
     batch_id = jobs.new_batch_id()
     answers = await _submit(request, state, plans, batch_id)

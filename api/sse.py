@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from voxq.errors import InvalidInput
 
-_STREAM_ID = r"\d{1,20}-\d{1,20}"
+_STREAM_ID = r"[0-9]{1,20}-[0-9]{1,20}"
 EVENT_ID_RE = re.compile(rf"({_STREAM_ID});({_STREAM_ID})")
 
 
@@ -20,6 +20,8 @@ def stream_id_key(eid: str) -> tuple[int, int]:
     ms, _, seq = eid.partition("-")
     return int(ms), int(seq or 0)
 
+
+MAX_U64 = (1 << 64) - 1  # each part of a Redis stream id is an unsigned 64-bit number
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
@@ -40,6 +42,10 @@ class Cursor:
         if m is None:
             raise InvalidInput(
                 f"malformed Last-Event-ID {raw[:60]!r}: expected '<final_id>;<partial_id>'")
+        for part in (m.group(1), m.group(2)):
+            if any(int(n) > MAX_U64 for n in part.split("-")):
+                raise InvalidInput(f"malformed Last-Event-ID {raw[:60]!r}: a stream id part "
+                                   "is larger than 2^64 - 1")
         return cls(final=m.group(1), partial=m.group(2))
 
     def advanced(self, kind: str, eid: str) -> Cursor:

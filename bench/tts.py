@@ -39,7 +39,7 @@ from tests.emulators import tts_audio  # noqa: E402
 from tests.emulators.polly import EmulatorConfig, PollyEmulator  # noqa: E402
 from voxq.embedded_redis import RedisServer  # noqa: E402
 from voxq.settings import Settings  # noqa: E402
-from workers.vendors.aws.polly import PollySynthesizer  # noqa: E402
+from workers.vendors.aws.tts import PollySynthesizer  # noqa: E402
 from workers.vendors.base import SynthesisRequest  # noqa: E402
 
 WORDS = ("call", "center", "voice", "queue", "agent", "customer", "ticket", "refund", "order",

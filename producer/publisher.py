@@ -52,7 +52,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -64,9 +64,18 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from voxq.audio import Chunker, chunk_bytes_for
-from voxq.errors import InvalidAudio, InvalidInput, RedisUnavailable, SessionExists, VoxqError
+from voxq.errors import (
+    InvalidAudio,
+    InvalidInput,
+    RedisUnavailable,
+    SessionExists,
+    SessionFailed,
+    UnknownSession,
+    VoxqError,
+)
 from voxq.keys import Keys
-from voxq.records import SessionMeta, decode_chunk, encode_chunk, encode_eos
+from voxq.lifecycle import announce
+from voxq.records import SessionMeta, Status, decode_chunk, encode_chunk, encode_eos
 from voxq.redis_conn import check_reachable, connect, connect_node, is_cluster_url, redact_url
 from voxq.sessions import CREATE_META, create_session, ensure_group, stamped
 from voxq.settings import Settings, get_settings
@@ -100,10 +109,14 @@ class ReplicasBehind(rexc.RedisError):
 
 def session_meta(session_id: str, vendor: str = "local", language: str = "en-US",
                  rate: int = 16000, channels: int = 1, chunk_ms: int = 100,
-                 options: Mapping[str, Any] | None = None) -> SessionMeta:
-    """Validate a new session's format, vendor and options without touching Redis."""
+                 options: Mapping[str, Any] | None = None, webhook: str = "", *,
+                 webhook_finals: bool = False) -> SessionMeta:
+    """Validate a new session's format, vendor and options without touching Redis; ``webhook``
+    is a URL the API posts this session's end event to (signed with VOXQ_WEBHOOK_SECRET), and
+    each final too with ``webhook_finals``."""
     meta = SessionMeta(session_id=session_id, vendor=vendor, language=language, rate=rate,
-                       channels=channels, chunk_ms=chunk_ms, options=dict(options or {}))
+                       channels=channels, chunk_ms=chunk_ms, options=dict(options or {}),
+                       webhook=webhook, webhook_finals=webhook_finals)
     validate_vendor(meta)
     return meta
 
@@ -116,6 +129,24 @@ def validate_vendor(meta: SessionMeta) -> None:
         validate_session(meta.vendor, meta.language, meta.rate, meta.channels, meta.options)
     except ImportError as e:
         raise InvalidInput(f"vendor {meta.vendor!r} is not available here: {e}") from e
+
+
+def _text(v: Any) -> str:
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v or "")
+
+
+def _outcome(status: Any, error: Any) -> SessionOutcome | None:
+    """The outcome a meta hash's status and error fields say, None while the session runs."""
+    try:
+        st = Status(_text(status))
+    except ValueError:
+        return None
+    return SessionOutcome(st, _text(error)) if st.terminal else None
+
+
+def _failure_text(sid: str, outcome: SessionOutcome) -> str:
+    why = f": {outcome.error}" if outcome.error else ""
+    return f"session {sid!r} {outcome.status.value}{why}"
 
 
 def _is_uncertain(e: BaseException) -> bool:
@@ -149,6 +180,21 @@ class PublisherStats:
     waits: int = 0             # WAITs that confirmed writes (wait_replicas > 0)
     wait_shortfalls: int = 0   # WAITs that timed out short of wait_replicas
     degraded_waits: int = 0    # WAITs accepted short of wait_replicas: fewer replicas were live
+    unacked_chunks: int = 0    # audio chunks abort() dropped before Redis acknowledged them
+    unacked_bytes: int = 0     # their PCM bytes, plus a partial chunk not yet cut
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOutcome:
+    """How a session ended, as its worker wrote it into the meta hash."""
+
+    status: Status
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True if the session finished (every other terminal status is a failure)."""
+        return self.status is Status.FINISHED
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +252,8 @@ class Publisher:
         self._aborted = False
         self._closed = False
         self._error: BaseException | None = None
+        #: called with the new ``acked_seq`` after every acknowledgement (ingest ack latency)
+        self.on_ack: Callable[[int], None] | None = None
 
     # --- public API ------------------------------------------------------------------------
 
@@ -237,12 +285,16 @@ class Publisher:
 
     async def open(self, session_id: str, vendor: str = "local", language: str = "en-US",
                    rate: int = 16000, channels: int = 1, chunk_ms: int | None = None,
-                   options: Mapping[str, Any] | None = None) -> SessionMeta:
-        """Validate, then create the session in Redis and start the flush task."""
+                   options: Mapping[str, Any] | None = None, webhook: str = "", *,
+                   webhook_finals: bool = False) -> SessionMeta:
+        """Validate, then create the session in Redis and start the flush task; ``webhook``:
+        a URL the API posts the session's end event to (and each final, with
+        ``webhook_finals``)."""
         if self.meta is not None or self._closed:
             raise InvalidInput("this publisher has already been opened")
         meta = session_meta(session_id, vendor, language, rate, channels,
-                            chunk_ms or self.settings.default_chunk_ms, options)
+                            chunk_ms or self.settings.default_chunk_ms, options, webhook,
+                            webhook_finals=webhook_finals)
         r = connect(self.url, retry=Retry(NoBackoff(), 0), socket_timeout=self._socket_timeout())
         self._r = r
         try:
@@ -264,6 +316,45 @@ class Publisher:
         self._chunker = Chunker(chunk_bytes_for(meta.rate, meta.channels, meta.chunk_ms))
         self._frame = 2 * meta.channels
         self._max_bytes = self.settings.max_session_seconds * meta.bytes_per_second
+        self._task = asyncio.create_task(self._flush_loop(), name=f"voxq-publish-{session_id}")
+        return meta
+
+    async def attach(self, session_id: str) -> SessionMeta:
+        """Continue an existing session that has not ended (a resumed ingest client): the next
+        chunk follows the last one in its stream. SessionExists if it ended or failed.
+
+        Only one publisher may write a session at a time; the caller makes sure of that.
+        """
+        if self.meta is not None or self._closed:
+            raise InvalidInput("this publisher has already been opened")
+        r = connect(self.url, retry=Retry(NoBackoff(), 0), socket_timeout=self._socket_timeout())
+        self._r = r
+        try:
+            await check_reachable(r, self.url)
+            h = await r.hgetall(self.keys.meta(session_id))
+            if not h:
+                raise InvalidInput(f"no session {session_id!r} to resume")
+            meta = SessionMeta.from_hash(h)
+            if meta.status.terminal:
+                raise SessionExists(f"session {session_id!r} is {meta.status.value}")
+            last: Any = await r.xrevrange(self.keys.audio(session_id), "+", "-", count=1)
+        except BaseException:
+            await self._disconnect()
+            raise
+        chunk = decode_chunk(last[0][1]) if last else None
+        if chunk is not None and chunk.eos:
+            await self._disconnect()
+            raise SessionExists(f"session {session_id!r} has already ended")
+        self.meta = meta
+        self._audio_key = self.keys.audio(session_id)
+        self._meta_key = self.keys.meta(session_id)
+        self._chunker = Chunker(chunk_bytes_for(meta.rate, meta.channels, meta.chunk_ms))
+        self._frame = 2 * meta.channels
+        self._max_bytes = self.settings.max_session_seconds * meta.bytes_per_second
+        self._next_seq = chunk.seq + 1 if chunk is not None else 0
+        self.stats.acked_seq = self._next_seq - 1
+        # every chunk before the last one is full size (only close() writes a short one)
+        self._sent_bytes = self._next_seq * self._chunker.chunk_size
         self._task = asyncio.create_task(self._flush_loop(), name=f"voxq-publish-{session_id}")
         return meta
 
@@ -336,8 +427,44 @@ class Publisher:
         await self._disconnect()
         self._raise_if_failed()
 
+    async def session_outcome(self, poll: float = 0.25) -> SessionOutcome:
+        """Wait until a worker ends the session (finished, failed or abandoned) and return how.
+
+        Polls the meta hash on its own connection (Redis being away only delays the answer);
+        works before and after ``close()``. A session that fails while audio is still being
+        published also makes the next ``send()``/``close()`` raise SessionFailed, so a
+        producer stops instead of streaming into a dead session. UnknownSession if the meta
+        disappears (expired or deleted).
+        """
+        meta = self._require_open()
+        key = self.keys.meta(meta.session_id)
+        r = connect(self.url, socket_timeout=self._socket_timeout())
+        try:
+            while True:
+                try:
+                    raw: Any = await r.hmget(key, "status", "error")
+                except (rexc.ConnectionError, rexc.TimeoutError, OSError,
+                        rexc.RedisClusterException):
+                    raw = None  # Redis away for now: keep watching
+                if raw is not None:
+                    if raw[0] is None:
+                        raise UnknownSession(f"session {meta.session_id!r} no longer exists")
+                    outcome = _outcome(raw[0], raw[1])
+                    if outcome is not None:
+                        if not outcome.ok and not self._closed:
+                            await self._fail(SessionFailed(_failure_text(meta.session_id,
+                                                                         outcome)))
+                        return outcome
+                await asyncio.sleep(poll)
+        finally:
+            with contextlib.suppress(Exception):
+                await r.aclose()
+
     async def abort(self) -> None:
-        """Stop without eos: drop unwritten chunks and disconnect (workers time it out)."""
+        """Stop without eos: drop unwritten chunks and disconnect (workers time it out).
+
+        What was dropped unacknowledged is counted in ``stats.unacked_chunks``/``unacked_bytes``.
+        """
         self._closed = self._aborted = True
         task = self._task
         if task is not None and not task.done():
@@ -349,6 +476,12 @@ class Publisher:
                 task.cancel()
                 await asyncio.wait({task}, timeout=0.1)
         async with self._cond:
+            for item in self._pending:
+                if "pcm" in item.fields:
+                    self.stats.unacked_chunks += 1
+                    self.stats.unacked_bytes += item.nbytes
+            if self._chunker is not None:
+                self.stats.unacked_bytes += sum(len(c) for c in self._chunker.flush())
             self._pending.clear()
             self._cond.notify_all()
         await self._disconnect()
@@ -399,7 +532,8 @@ class Publisher:
             if pcm is None:
                 self._pending.append(_Item(seq, encode_eos(seq), 0))
             else:
-                self._pending.append(_Item(seq, encode_chunk(seq, pcm), len(pcm)))
+                max_bytes = self.meta.max_chunk_bytes if self.meta is not None else None
+                self._pending.append(_Item(seq, encode_chunk(seq, pcm, max_bytes), len(pcm)))
             self._next_seq += 1
             self.stats.queued += 1
             self._cond.notify_all()
@@ -416,6 +550,8 @@ class Publisher:
                     self.stats.chunks += 1
                     self.stats.bytes += item.nbytes
             self._cond.notify_all()
+        if self.on_ack is not None:
+            self.on_ack(self.stats.acked_seq)
 
     async def _fail(self, e: BaseException) -> None:
         async with self._cond:
@@ -548,6 +684,7 @@ class Publisher:
                               lambda p: p.zadd(self.keys.index, {sid: meta.created}))
         await self._confirmed(self.keys.sessions, lambda p: p.xadd(self.keys.sessions,
                                                                    {"sid": sid}))
+        await announce(self._r, self.keys, sid, Status.CREATED, vendor=meta.vendor)
         return meta
 
     async def _confirmed(self, key: str, command: Any) -> Any:
@@ -703,6 +840,10 @@ class SyncPublisher:
     def flush(self) -> None:
         """Block until every queued chunk is acknowledged."""
         self._call(self._pub.flush())
+
+    def session_outcome(self, timeout: float | None = None) -> SessionOutcome:
+        """Block until the session ends and say how (see Publisher.session_outcome)."""
+        return self._call(self._pub.session_outcome(), timeout)
 
     def close(self, timeout: float | None = None) -> None:
         """Write the remainder and eos, wait for acknowledgement, stop the loop thread."""

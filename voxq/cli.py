@@ -9,11 +9,9 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
 
 from voxq import __version__
-from voxq.errors import VoxqError
-from voxq.settings import get_settings
+from voxq.errors import ConfigError, VoxqError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -27,6 +25,8 @@ def _register_builtin(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every registered subcommand."""
+    from importlib.metadata import entry_points
+
     parser = argparse.ArgumentParser(
         prog="voxq", description="Live call audio from Redis streams to speech vendors and back.")
     parser.add_argument("--version", action="version", version=f"voxq {__version__}")
@@ -54,19 +54,28 @@ def _unavailable(sub: argparse._SubParsersAction, name: str, why: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run the subcommand, turn voxq errors into a message and exit 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--version" in argv and all(a in ("--version", "-v", "--verbose") for a in argv):
+        # answered before the parser loads every subcommand (and with them the API, the worker
+        # and their dependencies): `voxq --version` stays instant
+        print(f"voxq {__version__}")
+        return 0
+    from voxq import logs, redaction
+    from voxq.settings import get_settings
+
     if "tts-worker" in argv[:2] and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # RQ runs each job in a forked process: its metrics survive only in prometheus-client's
         # multiprocess mode, which must be chosen before prometheus_client is first imported.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="voxq-metrics-")
-    args = build_parser().parse_args(argv)
-    settings = get_settings()
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("httpx", "httpcore", "websockets"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        # Commands read settings while they register, so this is where a bad variable shows.
+        args = build_parser().parse_args(argv)
+        settings = get_settings()
+    except ConfigError as e:
+        print(f"voxq: error: {e}", file=sys.stderr)
+        return 2
+    logs.configure(logging.DEBUG if args.verbose else settings.log_level.upper(),
+                   burst=settings.log_repeat_burst, window=settings.log_repeat_window_seconds)
+    redaction.install(settings)  # before anything logs: no record leaves unredacted
     handler: Handler = args.func
     try:
         return int(handler(args) or 0)

@@ -19,6 +19,17 @@ class InvalidAudio(InvalidInput):
     """Audio that cannot be read or does not match its declared format."""
 
 
+class MalformedRecord(InvalidInput):
+    """A record stored in Redis (session meta, transcript entry, audio chunk) that cannot be
+    decoded: written by a faulty or hostile producer, not by the client of the current request.
+    A subclass of InvalidInput so code that refuses bad input refuses it too, but named apart
+    so that the API answers it as a stored-data problem, never as the caller's mistake."""
+
+
+class ConfigError(VoxqError):
+    """The process's configuration (environment variables, REDIS_URL) is unusable."""
+
+
 class UnknownSession(VoxqError, LookupError):
     """A session id that has no meta hash in Redis."""
 
@@ -29,3 +40,7 @@ class SessionExists(VoxqError):
 
 class RedisUnavailable(VoxqError, ConnectionError):
     """Redis could not be reached (or an embedded one could not be started)."""
+
+
+class SessionFailed(VoxqError):
+    """The session ended (failed or abandoned) while its producer was still publishing it."""

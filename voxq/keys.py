@@ -47,9 +47,21 @@ class Keys:
         """Stream: partial hypotheses, capped."""
         return f"{self.prefix}:{{{validate_session_id(sid)}}}:partial"
 
-    def session_keys(self, sid: str) -> tuple[str, str, str, str]:
-        """All keys of one session (for retention TTLs and deletion)."""
-        return (self.meta(sid), self.audio(sid), self.final(sid), self.partial(sid))
+    def status(self, sid: str) -> str:
+        """Stream: the session's status changes (``status``, ``error``), written by the worker
+        in the same fenced script as the meta hash, so live followers need not poll."""
+        return f"{self.prefix}:{{{validate_session_id(sid)}}}:status"
+
+    def session_keys(self, sid: str) -> tuple[str, str, str, str, str]:
+        """All keys of one session (for retention TTLs and deletion); meta first, status second."""
+        return (self.meta(sid), self.status(sid), self.audio(sid), self.final(sid),
+                self.partial(sid))
+
+    @property
+    def lifecycle(self) -> str:
+        """Stream (capped): every session's lifecycle events (created, active, terminal), for
+        the API's firehose, ``?wait=`` followers and webhooks."""
+        return f"{self.prefix}:lifecycle"
 
     @property
     def sessions(self) -> str:

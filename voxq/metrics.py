@@ -26,3 +26,15 @@ TTS_JOB_DURATION = Histogram(
     buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0))
 REDIS_ERRORS = Counter("voxq_redis_errors", "Redis calls that failed", ["component"])
 
+
+# Ingest gateway (`voxq ingest`); ``dialect`` is raw|file|twilio|audiohook, ``reason`` a short
+# fixed word (auth, limit, protocol, audio, config, redis, draining)
+INGEST_CONNECTIONS = Counter("voxq_ingest_connections", "Ingest connections accepted", ["dialect"])
+INGEST_ACTIVE = Gauge("voxq_ingest_active", "Ingest connections open now", ["dialect"])
+INGEST_FRAMES = Counter("voxq_ingest_frames", "Audio messages received by the gateway", ["dialect"])
+INGEST_BYTES = Counter("voxq_ingest_bytes", "Audio payload bytes received by the gateway", ["dialect"])
+INGEST_REJECTS = Counter("voxq_ingest_rejects", "Ingest handshakes or connections refused",
+                         ["dialect", "reason"])
+INGEST_ACK_LATENCY = Histogram(
+    "voxq_ingest_ack_latency_seconds", "Audio message received to its chunk acknowledged by Redis",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 10.0))

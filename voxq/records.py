@@ -1,24 +1,28 @@
 """Record codecs for what travels on the bus: session meta, audio chunks, transcript segments.
 
 Redis hands back bytes; these functions turn stream entries and hashes into typed values and
-back, and reject malformed records with InvalidInput instead of crashing the reader.
+back, and reject malformed records with MalformedRecord (an InvalidInput) instead of crashing
+the reader.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from voxq.errors import InvalidInput
+from voxq.errors import InvalidAudio, InvalidInput, MalformedRecord
 from voxq.keys import validate_session_id
 
 MIN_RATE, MAX_RATE = 8000, 48000
 MIN_CHUNK_MS, MAX_CHUNK_MS = 20, 200
 LANGUAGE_RE_DOC = "a BCP-47 style code such as en-US"
+CHECKPOINT_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+WEBHOOK_URL_RE = re.compile(r"https?://[^\s]+", re.IGNORECASE)
 
 
 class Status(StrEnum):
@@ -38,6 +42,13 @@ class Status(StrEnum):
 
 def _s(v: object) -> str:
     return bytes(v).decode() if isinstance(v, bytes | bytearray | memoryview) else str(v)
+
+
+def _text(v: object) -> str:
+    """A hash field or value as text; bytes that are not UTF-8 are shown, not raised."""
+    if isinstance(v, bytes | bytearray | memoryview):
+        return bytes(v).decode(errors="replace")
+    return str(v)
 
 
 def _field(m: Mapping[Any, Any], name: str) -> Any:
@@ -67,9 +78,23 @@ class SessionMeta:
     finals: int = 0
     audio_seconds: float = 0.0
     updated: float = 0.0
+    bad_chunks: int = 0  # audio entries the worker could not use (counted, never silent)
+    webhook: str = ""  # the producer's URL for this session's end events ("" for none)
+    webhook_finals: bool = False  # the session's webhook also gets each final (transcript.final)
 
     def __post_init__(self) -> None:
         validate_session_id(self.session_id)
+        if CHECKPOINT_RE.fullmatch(self.checkpoint) is None:
+            raise InvalidInput(f"malformed session meta: checkpoint {self.checkpoint[:40]!r} is "
+                               "not a stream entry id")
+        if not isinstance(self.options, dict):
+            raise InvalidInput(f"options must be a JSON object, not {type(self.options).__name__}")
+        if self.webhook and (len(self.webhook) > 2000 or not WEBHOOK_URL_RE.fullmatch(
+                self.webhook)):
+            raise InvalidInput("webhook must be an http:// or https:// URL of at most 2000 "
+                               "characters")
+        if self.webhook_finals and not self.webhook:
+            raise InvalidInput("webhook finals need a webhook URL")
         if not (MIN_RATE <= self.rate <= MAX_RATE):
             raise InvalidInput(f"sample rate {self.rate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz")
         if self.channels not in (1, 2):
@@ -82,6 +107,9 @@ class SessionMeta:
             raise InvalidInput("vendor name must be 1-64 characters")
         if not self.language or len(self.language) > 35:
             raise InvalidInput(f"language must be {LANGUAGE_RE_DOC}")
+        for name in ("created", "audio_seconds", "updated"):
+            if not math.isfinite(getattr(self, name)):
+                raise InvalidInput(f"{name} must be a finite number")
 
     @property
     def bytes_per_second(self) -> int:
@@ -112,35 +140,70 @@ class SessionMeta:
             "finals": str(self.finals),
             "audio_seconds": repr(self.audio_seconds),
             "updated": repr(self.updated),
+            "bad_chunks": str(self.bad_chunks),
+            **({"webhook": self.webhook} if self.webhook else {}),
+            **({"webhook_finals": "1"} if self.webhook_finals else {}),
         }
 
     @classmethod
-    def from_hash(cls, h: Mapping[Any, Any]) -> SessionMeta:
-        """Parse a meta hash as HGETALL returns it; InvalidInput if it is malformed."""
+    def from_hash(cls, h: Mapping[Any, Any], sid: str | None = None) -> SessionMeta:
+        """Parse a meta hash as HGETALL returns it; MalformedRecord if it is malformed, or if
+        ``sid`` is given and the hash's ``id`` is another session's."""
         if not h:
-            raise InvalidInput("empty session meta")
-        d = {_s(k): _s(v) for k, v in h.items()}
+            raise MalformedRecord("empty session meta")
+        d = {_text(k): _text(v) for k, v in h.items()}
+        if "id" not in d:
+            raise MalformedRecord("malformed session meta: the record has no id field")
+        if sid is not None and d["id"] != sid:
+            raise MalformedRecord(f"malformed session meta: the record of {sid!r} names "
+                                  f"{d['id'][:60]!r}")
+        try:
+            options = json.loads(d.get("options") or "{}")
+        except (ValueError, RecursionError) as e:
+            raise MalformedRecord(f"malformed session meta: options are not JSON ({e})") from e
+        if not isinstance(options, dict):
+            raise MalformedRecord("malformed session meta: options must be a JSON object, not "
+                                  f"{type(options).__name__}")
+
+        def num(name: str, kind: type[int] | type[float], default: str) -> Any:
+            raw = d.get(name) or default
+            try:
+                return kind(raw)
+            except ValueError:
+                raise MalformedRecord(f"malformed session meta: {name} {raw[:40]!r} is not "
+                                      f"a{'n integer' if kind is int else ' number'}") from None
+
+        try:
+            status = Status(d.get("status", "created"))
+        except ValueError:
+            raise MalformedRecord(f"malformed session meta: unknown status "
+                                  f"{d['status'][:40]!r}") from None
         try:
             return cls(
                 session_id=d["id"],
                 vendor=d.get("vendor", "local"),
                 language=d.get("language", "en-US"),
-                rate=int(d.get("rate", 16000)),
-                channels=int(d.get("channels", 1)),
-                chunk_ms=int(d.get("chunk_ms", 100)),
-                created=float(d.get("created", 0.0)),
-                status=Status(d.get("status", "created")),
-                options=json.loads(d.get("options") or "{}"),
+                rate=num("rate", int, "16000"),
+                channels=num("channels", int, "1"),
+                chunk_ms=num("chunk_ms", int, "100"),
+                created=num("created", float, "0"),
+                status=status,
+                options=options,
                 error=d.get("error", ""),
                 owner=d.get("owner", ""),
-                epoch=int(d.get("epoch", 0)),
+                epoch=num("epoch", int, "0"),
                 checkpoint=d.get("checkpoint", "0-0"),
-                finals=int(d.get("finals", 0)),
-                audio_seconds=float(d.get("audio_seconds", 0.0)),
-                updated=float(d.get("updated", 0.0)),
+                finals=num("finals", int, "0"),
+                audio_seconds=num("audio_seconds", float, "0"),
+                updated=num("updated", float, "0"),
+                bad_chunks=num("bad_chunks", int, "0"),
+                webhook=d.get("webhook", ""),
+                webhook_finals=d.get("webhook_finals", "") == "1",
             )
-        except (KeyError, ValueError, TypeError) as e:
-            raise InvalidInput(f"malformed session meta: {e}") from e
+        except MalformedRecord:
+            raise
+        except (ValueError, TypeError) as e:  # a field the dataclass itself refuses
+            raise MalformedRecord(f"malformed session meta: {e}") from e
 
     def with_(self, **changes: Any) -> SessionMeta:
         """A copy with some fields changed."""
@@ -158,8 +221,13 @@ class Chunk:
     eos: bool = False
 
 
-def encode_chunk(seq: int, pcm: bytes | memoryview) -> dict[str, bytes | str]:
-    """Fields for the XADD of one audio chunk."""
+def encode_chunk(seq: int, pcm: bytes | memoryview,
+                 max_bytes: int | None = None) -> dict[str, bytes | str]:
+    """Fields for the XADD of one audio chunk; InvalidAudio for a chunk larger than
+    ``max_bytes`` (a session's ``max_chunk_bytes``: workers refuse larger ones)."""
+    if max_bytes is not None and len(pcm) > max_bytes:
+        raise InvalidAudio(f"a chunk of {len(pcm)} bytes is larger than the {max_bytes} bytes "
+                           "of 200 ms of the session's audio")
     return {"seq": str(seq), "pcm": bytes(pcm)}
 
 
@@ -169,17 +237,17 @@ def encode_eos(seq: int) -> dict[str, str]:
 
 
 def decode_chunk(fields: Mapping[Any, Any]) -> Chunk:
-    """Parse an audio stream entry; InvalidInput if it is neither a chunk nor the end marker."""
+    """Parse an audio stream entry; MalformedRecord if it is neither a chunk nor the end marker."""
     seq_raw = _field(fields, "seq")
     try:
         seq = int(seq_raw)
     except (TypeError, ValueError) as e:
-        raise InvalidInput(f"audio entry without a valid seq: {seq_raw!r}") from e
+        raise MalformedRecord(f"audio entry without a valid seq: {seq_raw!r}"[:200]) from e
     if _field(fields, "eos") is not None:
         return Chunk(seq=seq, eos=True)
     pcm = _field(fields, "pcm")
     if not isinstance(pcm, bytes | bytearray):
-        raise InvalidInput(f"audio entry {seq} has no pcm field")
+        raise MalformedRecord(f"audio entry {seq} has no pcm field")
     return Chunk(seq=seq, pcm=bytes(pcm))
 
 
@@ -249,7 +317,7 @@ def encode_transcript(t: Transcript) -> dict[str, str]:
 
 
 def decode_transcript(fields: Mapping[Any, Any]) -> Transcript:
-    """Parse a partial or final stream entry."""
+    """Parse a partial or final stream entry; MalformedRecord if it is malformed."""
     try:
         words_raw = _field(fields, "words")
         words = tuple(
@@ -276,5 +344,5 @@ def decode_transcript(fields: Mapping[Any, Any]) -> Transcript:
             result_id=None if rid is None else _s(rid),
             seq=None if seq is None else int(seq),
         )
-    except (TypeError, ValueError, IndexError, KeyError, json.JSONDecodeError) as e:
-        raise InvalidInput(f"malformed transcript entry: {e}") from e
+    except (TypeError, ValueError, IndexError, KeyError, RecursionError) as e:
+        raise MalformedRecord(f"malformed transcript entry: {e}") from e

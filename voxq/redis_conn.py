@@ -145,6 +145,17 @@ def connect(url: str, **kw: Any) -> aioredis.Redis:
     return aioredis.Redis.from_url(url, **{**_COMMON, **kw})
 
 
+def connect_bounded(url: str, max_connections: int, timeout: float, **kw: Any) -> aioredis.Redis:
+    """An asyncio client whose pool holds at most ``max_connections`` connections (per node on
+    a cluster); a caller beyond that waits up to ``timeout`` seconds for one, then gets a
+    ConnectionError. Nothing in the process can then open connections without bound."""
+    if is_cluster_url(url):
+        return connect(url, max_connections=max_connections, **kw)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=timeout, **{**_COMMON, **kw})
+    return aioredis.Redis.from_pool(pool)
+
+
 def connect_sync(url: str, **kw: Any) -> redis.Redis:
     """A blocking Redis client, for the sync Publisher and RQ (``redis.cluster.RedisCluster``
     for a cluster URL; RQ itself needs a standalone Redis, see :func:`rq_url`)."""
@@ -181,6 +192,27 @@ def rq_url(settings: Settings, redis_url: str) -> str:
             "VOXQ_RQ_REDIS_URL to a single Redis for the queue (redis://host:6379/0); TTS results "
             "and the cache stay on the cluster")
     return redis_url
+
+
+def validate_redis_url(url: str) -> str:
+    """``url`` if a client can be built from it (scheme, host, port, database, options), else
+    InvalidInput saying what is wrong, with any password hidden. Nothing is connected."""
+    shown = redact_url(url)
+    if is_cluster_url(url):
+        parse_cluster_url(url)
+        return url
+    try:
+        parts = urlsplit(url)
+        db = parts.path.strip("/")
+        if parts.scheme in ("redis", "rediss") and db and not db.isdigit():
+            raise ValueError(f"the database must be a number, not {db[:20]!r}")
+        redis.ConnectionPool.from_url(url).make_connection()  # builds, never connects
+    except TypeError as e:  # an unknown ?option= reaches the connection's constructor
+        option = str(e).rpartition("argument")[2].strip(" '\"")
+        raise InvalidInput(f"{shown}: unknown option {option!r}") from None
+    except ValueError as e:
+        raise InvalidInput(f"{shown}: {e}") from None
+    return url
 
 
 async def check_reachable(r: AsyncRedis, url: str) -> None:

@@ -7,15 +7,19 @@ with separate commands so the same code runs on Redis Cluster.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from voxq.errors import SessionExists, UnknownSession
+from voxq.errors import InvalidSessionId, MalformedRecord, SessionExists, UnknownSession
 from voxq.keys import TRANSCRIBERS_GROUP, Keys, validate_session_id
-from voxq.records import SessionMeta, Transcript, decode_transcript
+from voxq.lifecycle import announce
+from voxq.records import SessionMeta, Status, Transcript, decode_transcript
+
+log = logging.getLogger("voxq.sessions")
 
 # Creates the meta hash only if the session does not exist yet (one slot: cluster-safe).
 CREATE_META = """
@@ -53,52 +57,109 @@ async def create_session(r: aioredis.Redis, keys: Keys, meta: SessionMeta) -> Se
     await ensure_group(r, keys)
     await r.zadd(keys.index, {meta.session_id: meta.created})
     await r.xadd(keys.sessions, {"sid": meta.session_id})
+    await announce(r, keys, meta.session_id, Status.CREATED, vendor=meta.vendor)
     return meta
 
 
 async def get_meta(r: aioredis.Redis, keys: Keys, sid: str) -> SessionMeta:
-    """The session's meta; UnknownSession if there is none."""
+    """The session's meta; UnknownSession if there is none, MalformedRecord if it is unreadable
+    (including a record whose ``id`` names another session)."""
     h = await r.hgetall(keys.meta(validate_session_id(sid)))
     if not h:
         raise UnknownSession(f"no session {sid!r}")
-    return SessionMeta.from_hash(h)
+    return SessionMeta.from_hash(h, sid)
 
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One page of the session index, newest first."""
+    """One page of the session index, newest first; ``skipped`` counts the entries of the page
+    whose id or meta could not be read (left out, never failing the page)."""
 
     sessions: list[SessionMeta]
     total: int
+    skipped: int = 0
+
+
+def _decoded_id(raw: bytes | str) -> str:
+    """An index member as a valid session id; InvalidSessionId if it is not one."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode()
+        except UnicodeDecodeError:
+            raise InvalidSessionId(f"index member {raw[:40]!r} is not UTF-8") from None
+    return validate_session_id(raw)
 
 
 async def list_sessions(r: aioredis.Redis, keys: Keys, offset: int = 0,
                         limit: int = 50) -> Page:
-    """Sessions newest first; ids whose meta has expired are left out of the page."""
+    """Sessions newest first; ids whose meta has expired are left out of the page, and so are
+    index members that are no valid id and metas that cannot be read (counted in ``skipped``)."""
     total = await r.zcard(keys.index)
-    ids: Any = await r.zrevrange(keys.index, offset, offset + limit - 1)
+    raw_ids: Any = await r.zrevrange(keys.index, offset, offset + limit - 1)
+    ids: list[str] = []
+    skipped = 0
+    for raw in raw_ids or ():
+        try:
+            ids.append(_decoded_id(raw))
+        except InvalidSessionId as e:
+            log.warning("session index: skipping %s", e)
+            skipped += 1
     metas: list[SessionMeta] = []
     if ids:
         async with r.pipeline(transaction=False) as p:
-            for raw in ids:
-                p.hgetall(keys.meta(raw.decode() if isinstance(raw, bytes) else raw))
+            for sid in ids:
+                p.hgetall(keys.meta(sid))
             hashes = await p.execute()
-        metas = [SessionMeta.from_hash(h) for h in hashes if h]
-    return Page(sessions=metas, total=int(total))
+        for sid, h in zip(ids, hashes, strict=True):
+            if not h:
+                continue
+            try:
+                metas.append(SessionMeta.from_hash(h, sid))
+            except MalformedRecord as e:
+                log.warning("session index: skipping %s: %s", sid, e)
+                skipped += 1
+    return Page(sessions=metas, total=int(total), skipped=skipped)
+
+
+@dataclass(frozen=True, slots=True)
+class Finals:
+    """A session's readable final segments in order, and how many entries could not be read."""
+
+    segments: list[tuple[str, Transcript]]
+    skipped: int = 0
 
 
 async def read_finals(r: aioredis.Redis, keys: Keys, sid: str,
                       batch: int = 1000) -> list[tuple[str, Transcript]]:
-    """Every final segment of a session in order, as (stream id, transcript)."""
+    """Every final segment of a session in order, as (stream id, transcript); MalformedRecord
+    at the first entry that cannot be read."""
+    return (await _finals(r, keys, sid, batch, skip_malformed=False)).segments
+
+
+async def read_finals_skipping(r: aioredis.Redis, keys: Keys, sid: str,
+                               batch: int = 1000) -> Finals:
+    """Every readable final segment of a session in order; unreadable entries are counted."""
+    return await _finals(r, keys, sid, batch, skip_malformed=True)
+
+
+async def _finals(r: aioredis.Redis, keys: Keys, sid: str, batch: int,
+                  skip_malformed: bool) -> Finals:
     out: list[tuple[str, Transcript]] = []
+    skipped = 0
     start = "-"
     key = keys.final(sid)
     while True:
         entries: Any = await r.xrange(key, min=start, max="+", count=batch)
         for eid, fields in entries:
-            sid_s = eid.decode() if isinstance(eid, bytes) else eid
-            out.append((sid_s, decode_transcript(fields)))
+            eid_s = eid.decode() if isinstance(eid, bytes) else eid
+            try:
+                out.append((eid_s, decode_transcript(fields)))
+            except MalformedRecord as e:
+                if not skip_malformed:
+                    raise
+                log.warning("session %s: skipping final entry %s: %s", sid, eid_s, e)
+                skipped += 1
         if len(entries) < batch:
-            return out
-        last = out[-1][0]
-        start = "(" + last
+            return Finals(out, skipped)
+        last = entries[-1][0]
+        start = "(" + (last.decode() if isinstance(last, bytes) else last)

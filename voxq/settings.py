@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from voxq.errors import ConfigError, InvalidInput
 
 
 def _env(*names: str) -> AliasChoices:
@@ -77,11 +80,101 @@ class Settings(BaseSettings):
     producer_buffer_chunks: int = Field(
         default=600, ge=1, description="Chunks a Publisher holds before it blocks.")
 
+    # Ingest gateway (`voxq ingest`; docs/protocols/ingest.md)
+    ingest_host: str = Field(default="127.0.0.1", description="Address the ingest gateway binds.")
+    ingest_port: int = Field(default=8100, ge=0, le=65535,
+                             description="Port of the ingest gateway (WebSocket, /healthz, /metrics).")
+    ingest_key: SecretStr | None = Field(
+        default=None, description="Key ingest clients present (`Authorization: Bearer KEY` or "
+                                  "`?key=KEY`); default: VOXQ_API_KEY.")
+    ingest_public_url: str | None = Field(
+        default=None, description="The gateway's public wss:// base URL as platforms dial it "
+                                  "(Twilio signs it; needed behind a proxy).")
+    twilio_auth_token: SecretStr | None = Field(
+        default=None, description="Twilio auth token: when set, X-Twilio-Signature is required.")
+    audiohook_api_key: SecretStr | None = Field(
+        default=None, description="AudioHook API key Genesys sends as X-API-KEY.")
+    audiohook_client_secret: SecretStr | None = Field(
+        default=None, description="AudioHook client secret (base64): when set, HTTP message "
+                                  "signatures are required.")
+    ingest_max_message_bytes: int = Field(
+        default=1 << 20, ge=1024, description="Largest WebSocket message the gateway accepts.")
+    ingest_max_sessions: int = Field(
+        default=2000, ge=1, description="Sessions one gateway process holds at once.")
+    ingest_max_bytes_per_second: int = Field(
+        default=2_000_000, ge=1000,
+        description="Most bytes per second one connection may send (averaged over 5 s).")
+    ingest_track_lag_ms: int = Field(
+        default=2000, ge=100, le=60000,
+        description="Twilio both tracks: how far one track may run ahead before the other is "
+                    "taken as silent.")
+    ingest_drain_grace_seconds: float = Field(
+        default=25.0, ge=0, description="On SIGTERM, how long platform calls may go on.")
+
     # API
     api_host: str = Field(default="127.0.0.1", description="Address the API binds.")
     api_port: int = Field(default=8000, ge=0, le=65535, description="Port the API binds.")
     api_key: SecretStr | None = Field(
         default=None, description="When set, the API requires `Authorization: Bearer KEY`.")
+    api_max_connections: int = Field(
+        default=2000, ge=8, le=1_000_000,
+        description="Open client connections the API holds; past it, the one that has waited "
+                    "longest for a request head is closed (or the new one, if none waits).")
+    api_header_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=600,
+        description="A connection must deliver a whole request head this soon after it opens "
+                    "(or after its previous answer), else it is closed (408).")
+    api_body_timeout_seconds: float = Field(
+        default=60.0, gt=0, le=3600,
+        description="A request body must be complete this soon after its head, else the "
+                    "connection is closed.")
+    api_keepalive_timeout_seconds: int = Field(
+        default=5, ge=1, le=600, description="An idle keep-alive connection is closed after this.")
+    api_max_header_bytes: int = Field(
+        default=16384, ge=1024, le=1 << 20,
+        description="Largest request head (request line and headers); larger is a 400.")
+    api_backlog: int = Field(default=2048, ge=16, le=65535,
+                             description="Listen backlog of the API's socket.")
+    api_redis_connections: int = Field(
+        default=8, ge=1, le=256,
+        description="Redis connections of the API's route pool (per node on a cluster); the "
+                    "event hub adds one. A route waits for a free one, never opens more.")
+    api_max_followers: int = Field(
+        default=5000, ge=1,
+        description="Live followers (SSE, WebSocket, firehose) one API process serves; beyond "
+                    "it 503 with Retry-After.")
+    api_public_url: str | None = Field(
+        default=None, description="The API's public base URL, for transcript links in webhooks "
+                                 "(empty: links are paths such as /v1/sessions/ID/transcript).")
+    webhook_urls: str | None = Field(
+        default=None, description="Comma-separated URLs that receive every session's end event "
+                                "(session.finished/failed/abandoned), signed with "
+                                "VOXQ_WEBHOOK_SECRET.")
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="The deployment's webhook secret (whsec_ + base64, at least "
+                                  "16 bytes): signs VOXQ_WEBHOOK_URLS and per-session webhooks; "
+                                  "POST /v1/webhooks subscriptions get secrets derived from it. "
+                                  "Webhooks are off while it is unset.")
+    webhook_max_age_seconds: float = Field(
+        default=24 * 3600, gt=0, description="How long a failing webhook delivery is retried "
+                                             "(exponential backoff) before it is given up.")
+    webhook_retry_base_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="First retry delay of a failed webhook "
+                                                "delivery; each next one doubles (at most 1 h).")
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="Deadline of one webhook POST.")
+    webhook_events: str = Field(
+        default="session.finished,session.failed,session.abandoned",
+        description="Comma-separated events VOXQ_WEBHOOK_URLS receive: session.finished, "
+                    "session.failed, session.abandoned and transcript.final (each final "
+                    "segment as it is recognised).")
+    webhook_include_transcript: bool = Field(
+        default=False, description="Put the final transcript's segments into the end events "
+                                   "of VOXQ_WEBHOOK_URLS and per-session webhooks.")
+    api_follower_queue: int = Field(
+        default=1000, ge=10,
+        description="Events queued for one follower before it is cut off as too slow (it "
+                    "resumes with its last event id).")
 
     # Local engine
     local_model_dir: str | None = Field(
@@ -222,9 +315,68 @@ class Settings(BaseSettings):
         description="Bearer key sent to the voxq-ws server.")
 
     log_level: str = Field(default="INFO", description="Python logging level.")
+    log_repeat_burst: int = Field(
+        default=5, ge=1, description="Records alike (same logger, level and message) that pass "
+                                     "per window; the rest are counted, not written.")
+    log_repeat_window_seconds: float = Field(
+        default=60.0, gt=0, description="The window of VOXQ_LOG_REPEAT_BURST.")
+
+    @field_validator("redis_url", "rq_redis_url")
+    @classmethod
+    def _usable_redis_url(cls, url: str | None) -> str | None:
+        """A Redis URL a client can be built from (checked here, so every command says what is
+        wrong with it at start instead of failing at its first connection)."""
+        if not url:
+            return url
+        from voxq.redis_conn import validate_redis_url  # redis_conn imports this module
+        try:
+            return validate_redis_url(url)
+        except InvalidInput as e:
+            raise ValueError(str(e)) from None
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, level: str) -> str:
+        """A level name the logging module knows (DEBUG, INFO, WARNING, ERROR, CRITICAL)."""
+        if not isinstance(logging.getLevelName(level.upper()), int):
+            raise ValueError("use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+
+def env_name(field: str) -> str:
+    """The environment variable a Settings field (or the alias an error names) is read from."""
+    info = Settings.model_fields.get(field)
+    if info is None:  # errors name an aliased field by the alias it was read through
+        return field.upper()
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        first = alias.choices[0]
+        return first if isinstance(first, str) else field
+    if isinstance(alias, str):
+        return alias
+    return f"VOXQ_{field.upper()}"
+
+
+def config_reason(e: ValidationError) -> str:
+    """A settings ValidationError as one line naming each variable, never its value."""
+    parts = []
+    for err in e.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        name = env_name(loc[0]) if loc else "configuration"
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{name}: {msg}")
+    return "; ".join(parts).replace("\n", " ") or "invalid configuration"
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; ConfigError with a one-line reason if any is unusable."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise ConfigError(f"invalid configuration: {config_reason(e)}") from None
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read from the environment once."""
-    return Settings()
+    """The process-wide settings, read from the environment once (ConfigError if unusable)."""
+    return load_settings()

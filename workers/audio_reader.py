@@ -26,6 +26,13 @@ connection error, refreshes the slot map before the next read.
 Backpressure: a session whose inbox reaches its limit is not read until its runner has
 taken half of it, so its audio waits in Redis, not in worker memory.
 
+Oversized entries: XREAD hands back whatever a stream holds, so one reply can carry up to
+``count`` entries per named stream of any size Redis accepted (its proto-max-bulk-len, 512 MB
+by default, bounds a single value). A subscription with ``max_entry_bytes`` replaces every
+entry larger than that with an ``Oversized`` marker as soon as the reply is dispatched, so
+what a session holds in its inbox is bounded by ``limit`` × ``max_entry_bytes``; only the
+reply being dispatched may briefly hold more.
+
 Inline delivery: a subscription may carry a ``handler`` that takes an entry synchronously
 (the session runner relays a chunk straight to a vendor socket that has room). It is used
 only while the runner waits on an empty inbox, so entries keep their order; whatever the
@@ -35,6 +42,7 @@ handler declines goes to the inbox and wakes the runner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import time
@@ -48,6 +56,8 @@ from redis.crc import key_slot
 from redis.exceptions import AskError, ClusterDownError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from voxq.aio import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +73,19 @@ SLACK_MS = 2.0  # name a stream this much before its next entry is predicted
 OFFSET_EPOCH_S = 5.0  # the clock offset is re-learnt over this period
 
 
+class Oversized(tuple[bytes, ...]):
+    """The fields of an entry dropped on sight for its size: only that size is kept."""
+
+    @property
+    def size(self) -> int:
+        """Bytes of the entry's largest field (its PCM, unless the entry is malformed)."""
+        return int(self[1])
+
+
+def _oversized(fields: Sequence[bytes]) -> Oversized:
+    return Oversized((b"size", b"%d" % max(map(len, fields))))
+
+
 def _bulk(b: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(b), b)
 
@@ -72,9 +95,11 @@ class Subscription:
 
     __slots__ = ("_deadline", "_reader", "_timeout", "_timer", "_waiter", "active", "due", "got",
                  "handler", "id_part", "inbox", "interval", "key", "key_bytes", "key_part",
-                 "last_id", "last_ms", "limit", "overdue", "paused", "slot", "ticket")
+                 "last_id", "last_ms", "limit", "max_bytes", "overdue", "paused", "slot",
+                 "ticket")
 
-    def __init__(self, reader: AudioReader, key: str, from_id: str, limit: int):
+    def __init__(self, reader: AudioReader, key: str, from_id: str, limit: int,
+                 max_bytes: int = 0):
         self._reader = reader
         self.key = key
         self.key_bytes = key.encode()
@@ -83,6 +108,7 @@ class Subscription:
         self.id_part = b""
         self.move_to(from_id.encode())
         self.limit = limit
+        self.max_bytes = max_bytes  # larger entries are replaced by Oversized (0: no limit)
         self.inbox: deque[Entry] = deque()
         self.active = True
         self.paused = False
@@ -151,6 +177,8 @@ class Subscription:
     def push(self, entries: Sequence[Entry]) -> None:
         """Deliver entries read from Redis (in order) and advance the read position."""
         self.move_to(entries[-1][0])
+        if self.max_bytes:
+            entries = self._bounded(entries)
         inbox = self.inbox
         rest: Sequence[Entry] = entries
         handler = self.handler
@@ -175,6 +203,17 @@ class Subscription:
             waiter.set_result(True)
         if len(inbox) >= self.limit and not self.paused:
             self.paused = True
+
+    def _bounded(self, entries: Sequence[Entry]) -> Sequence[Entry]:
+        """``entries`` with every one larger than ``max_bytes`` replaced by Oversized."""
+        cap = self.max_bytes
+        out: list[Entry] | None = None
+        for i, (eid, fields) in enumerate(entries):
+            if sum(map(len, fields)) > cap:
+                if out is None:
+                    out = list(entries)
+                out[i] = [eid, _oversized(fields)]
+        return entries if out is None else out
 
     def close(self) -> None:
         """Stop delivering: no handler, no idle timer."""
@@ -240,12 +279,14 @@ class AudioReader:
 
     # --- subscriptions ----------------------------------------------------------------
 
-    def subscribe(self, key: str, from_id: str, limit: int) -> Subscription:
-        """Start reading ``key`` after ``from_id``; replaces an earlier subscription."""
+    def subscribe(self, key: str, from_id: str, limit: int,
+                  max_entry_bytes: int = 0) -> Subscription:
+        """Start reading ``key`` after ``from_id``; replaces an earlier subscription. Entries
+        larger than ``max_entry_bytes`` (0: no limit) arrive as Oversized markers."""
         old = self._subs.get(key)
         if old is not None:
             old.close()
-        sub = Subscription(self, key, from_id, limit)
+        sub = Subscription(self, key, from_id, limit, max_entry_bytes)
         self._subs[key] = sub
         self.schedule(sub, 0.0)
         return sub
@@ -288,7 +329,8 @@ class AudioReader:
     # --- reading ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Read forever; Redis outages are retried with backoff, positions kept."""
+        """Read until cancelled (a cancellation always ends it); Redis outages are retried with
+        backoff, positions kept."""
         backoff = 0.05
         last = 0.0
         if self.cluster:  # the slot map must be loaded before slots are grouped by node
@@ -296,6 +338,7 @@ class AudioReader:
             await self.r.initialize()
         try:
             while True:
+                raise_if_cancelled()  # a library that swallowed our cancellation cannot keep us
                 now = _now_ms()
                 wait = last + self.window_ms - now
                 if wait > 0 and not (self._heap and self._heap[0][0] <= last):
@@ -304,11 +347,9 @@ class AudioReader:
                 due, next_due = self._take_due(now)
                 if not due:
                     self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(),
-                                               min(1.0, max(0.001, (next_due - now) / 1000)))
-                    except TimeoutError:
-                        pass
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(min(1.0, max(0.001, (next_due - now) / 1000))):
+                            await self._wake.wait()
                     continue
                 last = now
                 try:

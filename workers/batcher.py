@@ -225,8 +225,11 @@ class Batcher:
 
     def _failed(self, it: _Item, e: ResponseError) -> bool:
         """An error reply: NOSCRIPT is retried as EVAL, cluster redirects after a refresh of
-        the slot map; anything else goes to the caller. True if the item is to be retried."""
-        if isinstance(e, NoScriptError) and it.script is not None and it.retries == 0:
+        the slot map; anything else goes to the caller. True if the item is to be retried.
+        NOSCRIPT falls back to EVAL whenever it comes, after a redirect too (a node that just
+        took the slot over may not have the script loaded); EVAL cannot answer it again."""
+        if isinstance(e, NoScriptError) and it.script is not None \
+                and it.retries <= CLUSTER_RETRIES:
             it.retries += 1
             it.packed = pack(("EVAL", it.script.body, *it.args))
             return True

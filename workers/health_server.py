@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from voxq.aio import within
+
 STALE_HEARTBEAT_S = 10.0
 
 
@@ -23,8 +25,8 @@ async def serve_health(host: str, port: int, heartbeat: Callable[[], float],
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+            line = await within(reader.readline(), 5)
+            while (await within(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
                 pass
             parts = line.decode("latin-1").split()
             path = parts[1] if len(parts) > 1 else "/"

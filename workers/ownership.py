@@ -17,8 +17,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from voxq.errors import InvalidInput
 from voxq.keys import TRANSCRIBERS_GROUP, Keys
-from voxq.records import Status
+from voxq.lifecycle import STATUS_MAXLEN, lifecycle_xadd
+from voxq.records import CHECKPOINT_RE, Status
+from voxq.redaction import redact
 from workers.batcher import Batcher, Script
 
 HANDOFF_CONSUMER = "handoff"
@@ -32,12 +35,21 @@ class SessionGone(Exception):
     """The session has no meta (expired or deleted) or already reached a terminal status."""
 
 
+# KEYS: meta, status stream. ARGV: consumer, now, status stream maxlen.
 _CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'finished' or st == 'failed' or st == 'abandoned' then return -3 end
-local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'status', 'active', 'updated', ARGV[2])
+-- an epoch that is not a whole number (a hand-written record) restarts at 1, so the claim
+-- can still fence and the worker can mark the record failed
+local epoch = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
+if not epoch or epoch ~= math.floor(epoch) or epoch < 0 or epoch > 1e15 then epoch = 0 end
+epoch = epoch + 1
+redis.call('HSET', KEYS[1], 'epoch', epoch, 'owner', ARGV[1], 'status', 'active',
+           'updated', ARGV[2])
+if st ~= 'active' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'status', 'active', 'error', '')
+end
 return epoch
 """
 
@@ -86,10 +98,15 @@ redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
-# KEYS: meta then every other key of the session. ARGV: epoch, status, error, now, ttl.
+# KEYS: meta, status stream, then every other key of the session. ARGV: epoch, status,
+# error, now, ttl, bad_chunks ('': leave as is), status stream maxlen. The status stream entry
+# is written in the same script (same slot), so a reader of the session's streams sees it
+# after every final.
 _SET_STATUS = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return -1 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'error', ARGV[3], 'updated', ARGV[4])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'bad_chunks', ARGV[6]) end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'status', ARGV[2], 'error', ARGV[3])
 local ttl = tonumber(ARGV[5])
 if ttl > 0 then
   for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ttl) end
@@ -124,16 +141,28 @@ def _consume(f: asyncio.Future[Any]) -> None:
 
 
 def _s(v: object) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
 
 
 def checkpoint_from_meta(h: Mapping[bytes, bytes], channels: int) -> Checkpoint:
-    """Read the checkpoint fields out of a meta hash (zeros for a new session)."""
+    """Read the checkpoint fields out of a meta hash (zeros for a new session); InvalidInput
+    if they are malformed."""
     d = {_s(k): _s(v) for k, v in h.items()}
+    entry_id = d.get("checkpoint", "0-0") or "0-0"
+    if CHECKPOINT_RE.fullmatch(entry_id) is None:
+        raise InvalidInput(f"checkpoint {entry_id[:40]!r} is not a stream entry id")
+
+    def whole(name: str, default: str) -> int:
+        raw = d.get(name, default) or default
+        try:
+            return int(raw)
+        except ValueError:
+            raise InvalidInput(f"{name} {raw[:40]!r} is not an integer") from None
+
     return Checkpoint(
-        entry_id=d.get("checkpoint", "0-0") or "0-0",
-        frames=int(d.get("checkpoint_frames", 0) or 0),
-        final_end=tuple(int(d.get(f"final_end:{c}", -1)) for c in range(channels)),
+        entry_id=entry_id,
+        frames=whole("checkpoint_frames", "0"),
+        final_end=tuple(whole(f"final_end:{c}", "-1") for c in range(channels)),
     )
 
 
@@ -162,11 +191,19 @@ class Ownership:
 
     async def claim(self, sid: str) -> int:
         """Take the session: bump and return its epoch. SessionGone if there is nothing to do."""
-        epoch = int(await self.batcher.eval(self._claim, [self.keys.meta(sid)],
-                                            [self.consumer, repr(time.time())]))
+        epoch = int(await self.batcher.eval(
+            self._claim, [self.keys.meta(sid), self.keys.status(sid)],
+            [self.consumer, repr(time.time()), STATUS_MAXLEN]))
         if epoch < 0:
             raise SessionGone(sid)
+        await self.announce(sid, Status.ACTIVE)
         return epoch
+
+    async def announce(self, sid: str, status: Status, error: str = "") -> None:
+        """Append to the global lifecycle stream, after the fenced write (another slot on a
+        cluster). Best effort for the firehose and webhooks: the session's own status stream
+        and meta are the truth, and a lost entry is healed by the API's status check."""
+        await self.batcher.submit(*lifecycle_xadd(self.keys, sid, status, error))
 
     async def write_final(self, sid: str, epoch: int, seq: int, channel: int, end_frames: int,
                           checkpoint: str, checkpoint_frames: int, audio_seconds: float,
@@ -199,13 +236,18 @@ class Ownership:
             raise Fenced(sid)
 
     async def set_status(self, sid: str, epoch: int, status: Status, error: str = "",
-                         ttl: int = 0) -> None:
-        """Write a status (and, for terminal ones, retention TTLs); Fenced if not owner."""
+                         ttl: int = 0, bad_chunks: int | None = None) -> None:
+        """Write a status (and, for terminal ones, retention TTLs, and the count of audio
+        entries that could not be used); Fenced if not owner."""
+        error = redact(error)[:2000]
         ok = int(await self.batcher.eval(self._status, list(self.keys.session_keys(sid)),
-                                         [epoch, status.value, error[:2000],
-                                          repr(time.time()), ttl]))
+                                         [epoch, status.value, error,
+                                          repr(time.time()), ttl,
+                                          "" if bad_chunks is None else bad_chunks,
+                                          STATUS_MAXLEN]))
         if ok < 0:
             raise Fenced(sid)
+        await self.announce(sid, status, error)
 
     async def epochs_within(self, sids: Sequence[str], timeout: float) -> dict[str, int | None]:
         """Current epoch of each session whose reply came within ``timeout`` seconds (None

@@ -24,12 +24,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from voxq import metrics
+from voxq.aio import cancel_and_wait
 from voxq.audio import Converter, decode_raw
 from voxq.errors import InvalidInput
 from voxq.keys import Keys
 from voxq.records import SessionMeta, Status, Transcript, decode_chunk, encode_transcript
 from voxq.settings import Settings
-from workers.audio_reader import AudioReader, Subscription
+from workers import session_rules as rules
+from workers.audio_reader import AudioReader, Oversized, Subscription
 from workers.ownership import Checkpoint, Fenced, Ownership, checkpoint_from_meta
 from workers.vendors.base import Recognizer, VendorError, VendorRetryable, error_kind
 from workers.vendors.registry import create_recognizer
@@ -42,6 +44,9 @@ LATENCY_SAMPLE_EVERY = 8  # observe the relay latency of one chunk in this many
 RESULTS_DRAIN_S = 5.0  # after a send failure, how long results already on their way may land
 _EOS = b"\0eos"  # _chunk's answer for the end marker (identity-compared, never sent)
 HORIZON_MARGIN_S = 2.0  # how far behind the newest result a silent channel's checkpoint trails
+#: malformed audio entries a session survives (each counted on its meta); one more fails it
+MAX_BAD_CHUNKS = 3
+ENTRY_OVERHEAD = 64  # bytes of an audio entry besides its PCM (field names, seq)
 
 
 def _never(pcm: bytes) -> bool:
@@ -97,7 +102,7 @@ class SessionRunner:
         self._speed = self._burst = self._t0 = 0.0
         self._sent = self._offset = self._limit = 0
         self._send_now: Callable[[bytes], bool] = _never
-        self.bad_chunks = 0
+        self._bad: set[bytes] = set()  # ids of malformed audio entries (a replay sees them again)
         self.attempts = 0
         self.status: Status | None = None
         self.finishing = False  # end of audio reached: only the vendor's last finals remain
@@ -153,8 +158,8 @@ class SessionRunner:
                 break
         try:
             await redis_retry(lambda: self.ctx.ownership.set_status(
-                self.sid, self.epoch, status, error, ttl=self.ctx.settings.retention_seconds),
-                f"session {self.sid} status")
+                self.sid, self.epoch, status, error, ttl=self.ctx.settings.retention_seconds,
+                bad_chunks=self.bad_chunks), f"session {self.sid} status")
         except Fenced:
             return None
         # With VOXQ_WAIT_REPLICAS and the status not on the replicas, the control entry stays
@@ -188,7 +193,7 @@ class SessionRunner:
         a failed attempt (a write cut short may or may not have landed); Fenced if we lost it."""
         h: Any = await redis_retry(lambda: self.ctx.r.hgetall(self.ctx.keys.meta(self.sid)),
                                    f"session {self.sid} reload")
-        if int(h.get(b"epoch", 0) or 0) != self.epoch:
+        if rules.fenced({self.sid: self.epoch}, {self.sid: int(h.get(b"epoch", 0) or 0)}):
             raise Fenced(self.sid)
         self.checkpoint = checkpoint_from_meta(h, self.meta.channels)
         self.final_end = list(self.checkpoint.final_end)
@@ -200,12 +205,14 @@ class SessionRunner:
         rec = create_recognizer(m.vendor, self.sid, m.language, m.rate, m.channels, m.options,
                                 self.ctx.settings)
         sub = self.ctx.reader.subscribe(self.ctx.keys.audio(self.sid), self.checkpoint.entry_id,
-                                        self.ctx.settings.session_queue_chunks)
+                                        self.ctx.settings.session_queue_chunks,
+                                        max_entry_bytes=self._max_chunk + ENTRY_OVERHEAD)
         self._window_ids.clear()
         self._window_ends.clear()
         self._last_seq = -1  # seq of the last chunk relayed in this attempt
         self.pending = [False] * m.channels
         offset = self.checkpoint.frames
+        tasks: list[asyncio.Task[Any]] = []
         try:
             await rec.start()
             metrics.VENDOR_CONNECTS.labels(m.vendor).inc()
@@ -213,9 +220,11 @@ class SessionRunner:
                 metrics.VENDOR_RECONNECTS.labels(m.vendor).inc()
             collector = asyncio.create_task(self._collect(rec, offset))
             pump = asyncio.create_task(self._pump(rec, sub, offset))
+            tasks = [pump, collector]
             done, _ = await asyncio.wait({collector, pump},
                                          return_when=asyncio.FIRST_EXCEPTION)
-            if pump in done and pump.exception() is not None and not collector.done():
+            if (pump in done and isinstance(pump.exception(), VendorError)
+                    and not collector.done()):
                 # The vendor failed while sending: let the results it already produced be
                 # written before the collector is stopped (it usually ends with the error).
                 await asyncio.wait({collector}, timeout=RESULTS_DRAIN_S)
@@ -235,8 +244,11 @@ class SessionRunner:
             await collector
             return status
         finally:
-            self.ctx.reader.unsubscribe(sub)
-            await rec.close()
+            try:
+                await cancel_and_wait(tasks)  # cancelled meanwhile: the two must not outlive it
+            finally:
+                self.ctx.reader.unsubscribe(sub)
+                await rec.close()
 
     # --- audio in -----------------------------------------------------------------------
 
@@ -317,10 +329,13 @@ class SessionRunner:
 
     def _chunk(self, eid: bytes, fields: Sequence[bytes]) -> bytes | None:
         """PCM of a valid audio entry, _EOS for the end marker, None for a malformed entry
-        (skipped and counted: bad input changes nothing)."""
+        (skipped and counted); InvalidInput once the session cannot be transcribed faithfully."""
         if (len(fields) == 4 and fields[0] == b"seq" and fields[2] == b"pcm"
                 and fields[1].isdigit()):
             pcm, seq = fields[3], int(fields[1])
+        elif isinstance(fields, Oversized):
+            self._bad_chunk(eid, self._too_big(fields.size), fatal=True)
+            return None
         else:
             try:
                 chunk = decode_chunk(dict(zip(fields[::2], fields[1::2], strict=False)))
@@ -333,9 +348,11 @@ class SessionRunner:
         if seq <= self._last_seq:
             return None  # resent by a producer after a failover: already relayed
         n = len(pcm)
-        if not n or n % self._frame_bytes or n > self._max_chunk:
-            self._bad_chunk(eid, f"{n} bytes is not 1..{self._max_chunk} bytes of whole "
-                                 f"{self.meta.channels}-channel s16 frames")
+        if n > self._max_chunk:
+            self._bad_chunk(eid, self._too_big(n), fatal=True)
+        if not n or n % self._frame_bytes:
+            self._bad_chunk(eid, f"{n} bytes is not whole {self.meta.channels}-channel s16 "
+                                 "frames")
             return None
         self._last_seq = seq
         return pcm
@@ -375,26 +392,39 @@ class SessionRunner:
                 await rec.send(tail)
         await rec.finish()
 
-    def _bad_chunk(self, eid: bytes, why: str) -> None:
-        """Skip a malformed entry (bad input changes nothing) and say so once per session."""
-        self.bad_chunks += 1
-        if self.bad_chunks == 1 or self.bad_chunks % 100 == 0:
-            log.warning("session %s: skipped malformed audio entry %s (%s); %d so far",
-                        self.sid, eid.decode(errors="replace"), why, self.bad_chunks)
+    def _too_big(self, n: int) -> str:
+        return (f"{n} bytes is more than {self._max_chunk} bytes (200 ms of {self.meta.rate} Hz "
+                f"{self.meta.channels}-channel audio)")
+
+    @property
+    def bad_chunks(self) -> int:
+        """Malformed audio entries met so far (written to the meta with the final status)."""
+        return len(self._bad)
+
+    def _bad_chunk(self, eid: bytes, why: str, fatal: bool = False) -> None:
+        """Count a malformed entry; InvalidInput (the session fails with the reason) for one
+        more than MAX_BAD_CHUNKS or a ``fatal`` one: audio was lost, the transcript would lie."""
+        self._bad.add(eid)
+        where = eid.decode(errors="replace")
+        log.warning("session %s: malformed audio entry %s (%s); %d so far",
+                    self.sid, where, why, self.bad_chunks)
+        if fatal:
+            raise InvalidInput(f"malformed audio entry {where}: {why}")
+        if self.bad_chunks > MAX_BAD_CHUNKS:
+            raise InvalidInput(f"{self.bad_chunks} malformed audio entries (at most "
+                               f"{MAX_BAD_CHUNKS} are skipped); the last, {where}: {why}")
 
     # --- results out --------------------------------------------------------------------
 
     async def _collect(self, rec: Recognizer, offset: int) -> None:
         """Write partials and finals as they come, re-based and de-duplicated."""
         rate = self.meta.rate
-        base = offset / rate
         own = self.ctx.ownership
         maxlen = self.ctx.settings.partial_maxlen
         async for t in rec.results():
-            if base:
-                t = t.shifted(base)
+            t = rules.rebase(t, offset, rate)
             ch = t.channel if 0 <= t.channel < self.meta.channels else 0
-            end_frames = round(t.end * rate)
+            end_frames = rules.end_frames(t, rate)
             self.horizon = max(self.horizon, end_frames)
             if not t.is_final:
                 self.pending[ch] = True
@@ -403,7 +433,7 @@ class SessionRunner:
                     self.sid, self.epoch, maxlen, f), f"session {self.sid} partial")
                 continue
             self.pending[ch] = False
-            if end_frames <= self.final_end[ch]:
+            if rules.said_before(end_frames, self.final_end[ch]):
                 continue  # already written before a replay
             await self._write_final(t, ch, end_frames)
 
@@ -413,10 +443,7 @@ class SessionRunner:
         margin = round(HORIZON_MARGIN_S * self.meta.rate)
         final_end = list(self.final_end)
         final_end[ch] = end_frames
-        safe = min(
-            final_end[c] if self.pending[c] else max(final_end[c], self.horizon - margin)
-            for c in range(self.meta.channels)
-        )
+        safe = rules.safe_frames(final_end, self.pending, self.horizon, margin)
         ckpt = self.checkpoint
         ids, ends = self._window_ids, self._window_ends
         if ends and ends[0] <= safe:

@@ -42,7 +42,8 @@ async def sweep_once(r: aioredis.Redis, keys: Keys, stale_live_after: float,
                 async with r.pipeline(transaction=False) as p:
                     p.zrem(keys.index, *gone)
                     for sid in gone:
-                        p.delete(keys.audio(sid), keys.final(sid), keys.partial(sid))
+                        p.delete(keys.audio(sid), keys.final(sid), keys.partial(sid),
+                                 keys.status(sid))
                     await p.execute()
                 orphans += len(gone)
         if int(cursor) == 0:

@@ -23,16 +23,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from voxq import redaction
 from voxq.errors import InvalidInput
 from voxq.keys import TRANSCRIBERS_GROUP, Keys
-from voxq.records import SessionMeta
+from voxq.records import SessionMeta, Status
 from voxq.redis_conn import connect
 from voxq.sessions import ensure_group
 from voxq.settings import Settings
 from workers.audio_reader import AudioReader
 from workers.health_server import serve_health
-from workers.ownership import Ownership, SessionGone, checkpoint_from_meta
+from workers.ownership import Checkpoint, Fenced, Ownership, SessionGone, checkpoint_from_meta
 from workers.pod_cost import UPDATE_INTERVAL_S, PodRef, keep_cost_current, pod_from_env
+from workers.session_rules import fenced
 from workers.session_runner import Context, SessionRunner, redis_retry
 from workers.sweeper import try_sweep
 
@@ -61,6 +63,7 @@ class WorkerStats:
     finished: int = 0
     fenced: int = 0
     handed_off: int = 0
+    rejected: int = 0  # sessions failed at claim for a malformed record
     statuses: dict[str, int] = field(default_factory=dict)
 
 
@@ -69,6 +72,7 @@ class Transcriber:
 
     def __init__(self, settings: Settings, redis_url: str, name: str | None = None,
                  max_sessions: int | None = None, health_port: int | None = None):
+        redaction.install(settings)
         self.settings = settings
         self.redis_url = redis_url
         self.name = name or settings.worker_name or default_worker_name()
@@ -78,6 +82,7 @@ class Transcriber:
         self.claim_timeout_ms = int(settings.claim_timeout_seconds * 1000)
         self.held: dict[str, _Held] = {}
         self._starting: set[str] = set()
+        self._ending: set[asyncio.Task[None]] = set()
         self.stats = WorkerStats()
         self.draining = asyncio.Event()
         self.ready = False
@@ -138,16 +143,11 @@ class Transcriber:
             if tasks:
                 # no new claims, then the sessions go; the claims of finishing ones are
                 # still refreshed during the grace period
-                for t in tasks[1:3]:
-                    t.cancel()
-                await asyncio.gather(*tasks[1:3], return_exceptions=True)
+                await cancel_all(tasks[1:3])
                 await self._drain(own)
-                for t in (tasks[0], *tasks[3:]):
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await cancel_all(tasks)
                 await self._leave_group(own)
-            heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            await cancel_all([heartbeat])
             await own.aclose()
             await self._r.aclose()
             await self._r_read.aclose()
@@ -251,14 +251,33 @@ class Transcriber:
             return
         try:
             epoch = await ctx.ownership.claim(sid)
-            h: Any = await self._r.hgetall(self.keys.meta(sid))
-            meta = SessionMeta.from_hash(h)
         except (SessionGone, InvalidInput) as e:
-            log.info("control entry %s (%r): nothing to do (%s)", control_id, sid, e)
+            log.info("control entry %s (%r): nothing to do (%s)", control_id, sid[:160], e)
             await ctx.ownership.ack(control_id)
             return
-        runner = SessionRunner(ctx, meta, epoch, control_id,
-                               checkpoint_from_meta(h, meta.channels))
+        except ResponseError as e:
+            if "WRONGTYPE" not in str(e):
+                raise
+            # not a hash: nothing a worker could mark failed; acknowledged once, never retried
+            log.warning("control entry %s: meta of session %s is not a hash; dropped",
+                        control_id, sid)
+            await ctx.ownership.ack(control_id)
+            return
+        h: Any = await self._r.hgetall(self.keys.meta(sid))
+        try:
+            meta, checkpoint = await self._read_record(sid, h)
+        except InvalidInput as e:
+            # A record no worker can drive: failed with the reason, kept for the retention
+            # period like any other, and its control entry acknowledged (never taken over).
+            log.warning("session %s: malformed record: %s", sid, e)
+            with contextlib.suppress(Fenced):  # deleted or claimed again meanwhile
+                await ctx.ownership.set_status(sid, epoch, Status.FAILED,
+                                               f"malformed session: {e}",
+                                               ttl=self.settings.retention_seconds)
+            await ctx.ownership.ack(control_id, sid)
+            self.stats.rejected += 1
+            return
+        runner = SessionRunner(ctx, meta, epoch, control_id, checkpoint)
         task = asyncio.create_task(runner.run(), name=f"session-{sid}")
         self.held[sid] = _Held(runner, task, control_id)
         self.stats.claimed += 1
@@ -268,6 +287,20 @@ class Transcriber:
                      runner.checkpoint.entry_id, epoch)
         task.add_done_callback(functools.partial(self._done, sid))
 
+    async def _read_record(self, sid: str, h: Any) -> tuple[SessionMeta, Checkpoint]:
+        """The session's meta and checkpoint, checked against its key; InvalidInput for a
+        record that names another session or whose audio key is not a stream (one such key
+        in the reader's multi-stream XREAD would fail the read of every session)."""
+        assert self._r is not None
+        meta = SessionMeta.from_hash(h)
+        if meta.session_id != sid:
+            raise InvalidInput(f"its meta names session {meta.session_id!r}, not {sid!r}")
+        checkpoint = checkpoint_from_meta(h, meta.channels)
+        kind = _s(await self._r.type(self.keys.audio(sid)))
+        if kind not in ("stream", "none"):
+            raise InvalidInput(f"its audio key holds a {kind}, not a stream")
+        return meta, checkpoint
+
     def _done(self, sid: str, task: asyncio.Task[object]) -> None:
         held = self.held.pop(sid, None)
         self._capacity.set()
@@ -276,6 +309,10 @@ class Transcriber:
         exc = task.exception()
         if exc is not None:
             log.error("session %s: runner crashed: %r", sid, exc, exc_info=exc)
+            # failed, not left pending: a takeover would only crash the same way, in a loop
+            ending = asyncio.create_task(self._fail_crashed(held, exc))
+            self._ending.add(ending)
+            ending.add_done_callback(self._ending.discard)
             return
         status = task.result()
         if status is None:
@@ -284,6 +321,21 @@ class Transcriber:
             self.stats.finished += 1
             key = str(getattr(status, "value", status))
             self.stats.statuses[key] = self.stats.statuses.get(key, 0) + 1
+
+    async def _fail_crashed(self, held: _Held, exc: BaseException) -> None:
+        """Mark a session whose runner crashed failed and acknowledge its control entry."""
+        runner = held.runner
+        own = runner.ctx.ownership
+        try:
+            await own.set_status(runner.sid, runner.epoch, Status.FAILED,
+                                 f"internal error: {type(exc).__name__}",
+                                 ttl=self.settings.retention_seconds)
+            await own.ack(held.control_id, runner.sid)
+        except Fenced:
+            pass  # someone else owns it now
+        except REDIS_DOWN as e:
+            log.warning("session %s: crash not recorded, Redis unavailable (%s); "
+                        "left for takeover", runner.sid, e)
 
     # --- keeping claims -----------------------------------------------------------------
 
@@ -305,10 +357,10 @@ class Transcriber:
                 epochs = await ctx.ownership.epochs_within([sid for sid, _ in held],
                                                            timeout=interval / 2)
                 mine = []
+                moved = set(fenced({sid: h.runner.epoch for sid, h in held}, epochs))
                 for sid, h in held:
-                    epoch = epochs.get(sid, h.runner.epoch)
-                    if epoch != h.runner.epoch:
-                        log.warning("session %s: epoch moved to %s: fenced", sid, epoch)
+                    if sid in moved:
+                        log.warning("session %s: epoch moved to %s: fenced", sid, epochs[sid])
                         h.task.cancel()
                         self.stats.fenced += 1
                     elif self.held.get(sid) is h:  # not ended or handed off meanwhile
@@ -407,4 +459,4 @@ async def cancel_all(tasks: list[asyncio.Task[object]]) -> None:
 
 
 def _s(v: object) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)

@@ -3,9 +3,11 @@ a thread, and writers that play the producer and the worker on the real test Red
 
 from __future__ import annotations
 
+import select
+import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -46,9 +48,13 @@ async def add_session(r: aioredis.Redis, keys: Keys, sid: str, *, channels: int 
 
 async def set_status(r: aioredis.Redis, keys: Keys, sid: str, status: Status,
                      error: str = "") -> None:
-    """Write the status (and error) into the meta hash, as the worker does."""
-    await r.hset(keys.meta(sid), mapping={"status": status.value, "error": error,
-                                          "updated": repr(time.time())})
+    """Write the status (and error) into the meta hash and the session's status stream, as the
+    worker does in one script."""
+    async with r.pipeline(transaction=True) as p:
+        p.hset(keys.meta(sid), mapping={"status": status.value, "error": error,
+                                        "updated": repr(time.time())})
+        p.xadd(keys.status(sid), {"status": status.value, "error": error})
+        await p.execute()
 
 
 async def add_final(r: aioredis.Redis, keys: Keys, sid: str, seq: int, text: str,
@@ -100,3 +106,73 @@ def serve_in_thread(app: FastAPI) -> Iterator[LiveServer]:
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+@dataclass
+class RawAnswer:
+    """What a raw HTTP exchange got back."""
+
+    status: int
+    head: bytes
+    body: bytes
+    sent: int  # body bytes the client managed to send before the answer (or a reset)
+
+
+def _split_url(url: str) -> tuple[str, int]:
+    host, _, port = url.removeprefix("http://").partition(":")
+    return host, int(port)
+
+
+def raw_exchange(url: str, head: bytes, parts: Iterable[bytes] = (), timeout: float = 20.0
+                 ) -> RawAnswer:
+    """Send a request head, then body parts until the server answers or closes the
+    connection, then read its answer: shows whether the server decided before the body
+    was complete (a server that answers early stops the sending)."""
+    sock = socket.create_connection(_split_url(url), timeout=timeout)
+    sent = 0
+    try:
+        sock.sendall(head)
+        for part in parts:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                break
+            try:
+                sock.sendall(part)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(part)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head_bytes, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head_bytes.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    finally:
+        sock.close()
+    status = int(head_bytes.split(b" ", 2)[1]) if head_bytes.startswith(b"HTTP/") else 0
+    return RawAnswer(status, head_bytes, body, sent)
+
+
+def post_head(path: str, length: int | None, extra: str = "") -> bytes:
+    """The head of a JSON POST: with Content-Length, or chunked when ``length`` is None."""
+    framing = (f"Content-Length: {length}\r\n" if length is not None
+               else "Transfer-Encoding: chunked\r\n")
+    return (f"POST {path} HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
+            f"{framing}{extra}\r\n").encode()
+
+
+def chunked(parts: Iterable[bytes]) -> Iterator[bytes]:
+    """Body parts in chunked transfer coding (without the final empty chunk)."""
+    for part in parts:
+        yield f"{len(part):x}\r\n".encode() + part + b"\r\n"

@@ -19,7 +19,7 @@ from voxq.settings import Settings
 HOSTILE = ["a{b}", "x" * 200, "..%2Fx", "%2E%2E%2F%2E%2E%2Fetc", "a%20b", "a%00b", "%7Bsid%7D",
            "a%2Fb"]
 PUBLIC_FIELDS = {"session_id", "vendor", "language", "rate", "channels", "status", "error",
-                 "created", "updated", "finals", "audio_seconds"}
+                 "created", "updated", "finals", "audio_seconds", "bad_chunks"}
 
 
 async def test_sessions_page_newest_first_with_total(client: httpx.AsyncClient,
@@ -41,7 +41,7 @@ async def test_sessions_page_newest_first_with_total(client: httpx.AsyncClient,
 async def test_sessions_page_default_and_empty(client: httpx.AsyncClient) -> None:
     resp = await client.get("/v1/sessions")
     assert resp.status_code == 200
-    assert resp.json() == {"total": 0, "offset": 0, "limit": 50, "items": []}
+    assert resp.json() == {"total": 0, "offset": 0, "limit": 50, "skipped": 0, "items": []}
 
 
 @pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 501}, {"limit": "x"},
@@ -64,7 +64,8 @@ async def test_session_shows_public_fields_only(client: httpx.AsyncClient, r: ai
                       language="de-DE", rate=8000,
                       options={"vocabulary_name": "internal-vocab-xyz"})
     await r.hset(keys.meta("call-1"), mapping={"owner": "worker-7-secretish", "finals": "3",
-                                                "audio_seconds": "12.5", "epoch": "4"})
+                                                "audio_seconds": "12.5", "epoch": "4",
+                                                "bad_chunks": "2"})
     resp = await client.get("/v1/sessions/call-1")
     assert resp.status_code == 200
     body = resp.json()
@@ -73,6 +74,7 @@ async def test_session_shows_public_fields_only(client: httpx.AsyncClient, r: ai
     assert body["language"] == "de-DE" and body["rate"] == 8000 and body["channels"] == 2
     assert body["status"] == "active" and body["error"] == ""
     assert body["created"] == 1234.5 and body["finals"] == 3 and body["audio_seconds"] == 12.5
+    assert body["bad_chunks"] == 2
     assert "internal-vocab-xyz" not in resp.text and "worker-7" not in resp.text
     listed = (await client.get("/v1/sessions")).json()["items"]
     assert [set(i) for i in listed] == [PUBLIC_FIELDS]
@@ -114,7 +116,7 @@ async def test_transcript_formats_from_the_final_stream(client: httpx.AsyncClien
     await add_final(r, keys, "c2", 1, "My router is dead.", 1.75, 3.25, channel=1)
     resp = await client.get("/v1/sessions/c2/transcript")
     assert resp.status_code == 200 and resp.headers["content-type"] == "application/json"
-    assert resp.json() == {"session_id": "c2", "status": "active", "segments": [
+    assert resp.json() == {"session_id": "c2", "status": "active", "skipped": 0, "segments": [
         {"seq": 0, "text": "Hello, how can I help?", "start": 0.0, "end": 1.5, "channel": 0,
          "speaker": None, "words": []},
         {"seq": 1, "text": "My router is dead.", "start": 1.75, "end": 3.25, "channel": 1,
@@ -160,12 +162,12 @@ async def test_transcript_bad_format_is_422(client: httpx.AsyncClient, r: aiored
     assert "format" in resp.json()["detail"]
 
 
-async def test_malformed_stored_record_is_a_json_500(client: httpx.AsyncClient,
+async def test_malformed_stored_record_is_a_json_409(client: httpx.AsyncClient,
                                                      r: aioredis.Redis, keys: Keys) -> None:
     await r.hset(keys.meta("broken"), mapping={"id": "broken", "rate": "many"})
     resp = await client.get("/v1/sessions/broken")
-    assert resp.status_code == 500
-    assert resp.json()["detail"].startswith("a stored record is malformed")
+    assert resp.status_code == 409
+    assert resp.json()["detail"].startswith("a stored record cannot be read")
     assert "Traceback" not in resp.text
 
 

@@ -100,7 +100,7 @@ class WorkerProcs:
             if p.poll() is None:
                 p.send_signal(signal.SIGCONT)
                 p.kill()
-                p.wait(10)
+                p.wait()
 
 
 async def owner_of(r: aioredis.Redis, keys: Keys, sid: str) -> str:
@@ -109,7 +109,7 @@ async def owner_of(r: aioredis.Redis, keys: Keys, sid: str) -> str:
 
 
 async def owner_changes(r: aioredis.Redis, keys: Keys, sid: str, old: str,
-                        timeout: float = 30) -> float:
+                        timeout: float = 120) -> float:
     """Seconds until another worker owns the session."""
     t0 = time.monotonic()
     while await owner_of(r, keys, sid) == old:

@@ -4,7 +4,6 @@ keys of each test spread over all three primaries."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import redis.cluster as sync_cluster
 from redis.asyncio.cluster import RedisCluster
 
 from tests.cluster.clustertest_support import sids_on_every_primary
+from tests.support import stop_process
 from voxq.embedded_redis import RedisServer
 from voxq.errors import InvalidInput, SessionExists
 from voxq.keys import Keys
@@ -191,6 +191,7 @@ async def test_tts_cache_evicts_across_nodes(cr: aioredis.Redis, keys: Keys) -> 
         assert await p.execute() == [1, True]
 
 
+@pytest.mark.slow
 def test_voxq_redis_cluster_command_serves_a_cluster() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "voxq", "redis", "--cluster"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -202,5 +203,5 @@ def test_voxq_redis_cluster_command_serves_a_cluster() -> None:
         assert r.set("k{1}", "v") and r.get("k{1}") == b"v"
         r.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        code = stop_process(proc, 30)  # SIGTERM; SIGKILL if it does not exit (a failed test)
+    assert code == 0

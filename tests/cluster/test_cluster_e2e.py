@@ -20,6 +20,8 @@ import soundfile as sf
 from api.app import create_app
 from tests.cluster.clustertest_support import assert_exact, sid_on, sids_on_every_primary
 from tests.emulators.watermark import WatermarkEmulator, expected_words, watermark_pcm
+from tests.support import stop_process
+from voxq.aio import within
 from voxq.keys import Keys
 from voxq.redis_cluster import RedisClusterServer
 from voxq.settings import Settings
@@ -42,7 +44,7 @@ async def worker(csettings: Settings, emulator: WatermarkEmulator) -> AsyncItera
     task = asyncio.create_task(w.run(stop))
     yield w
     stop.set()
-    await asyncio.wait_for(task, 30)
+    await within(task, 30)
 
 
 @pytest.fixture
@@ -69,9 +71,13 @@ async def test_produce_work_and_read_through_the_api(
                                "--vendor", "voxq-ws", "--fast"], env=cenv,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for sid in sids]
-    for p in procs:
-        out, _ = await asyncio.to_thread(p.communicate, timeout=60)
-        assert p.returncode == 0, out.decode()
+    try:
+        for p in procs:
+            out, _ = await asyncio.to_thread(p.communicate, timeout=60)
+            assert p.returncode == 0, out.decode()
+    finally:
+        for p in procs:
+            stop_process(p, 5)
     for sid in sids:
         await assert_exact(cr, keys, sid, N, timeout=60)
 

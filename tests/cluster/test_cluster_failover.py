@@ -66,13 +66,19 @@ def workers(cenv: dict[str, str], emulator: WatermarkEmulator,
     w.stop_all()
 
 
-async def produce(pub: Publisher, sid: str, n: int, started: asyncio.Event) -> None:
-    """Publish ``n`` watermark chunks at REALTIME pace, then close (eos)."""
+async def produce(pub: Publisher, sid: str, n: int, started: asyncio.Event,
+                  gate: asyncio.Event | None = None, gate_at: int = 0) -> None:
+    """Publish ``n`` watermark chunks at REALTIME pace, then close (eos). With a ``gate``,
+    chunk ``gate_at`` waits for it: a test that must see audio flow after a fault holds the
+    rest back until the fault is in place, however slow the machine."""
     await pub.open(sid, vendor="voxq-ws")
     started.set()
     pcm = watermark_pcm(n)
     t0 = time.monotonic()
     for i in range(n):
+        if gate is not None and i == gate_at:
+            await gate.wait()
+            t0 = time.monotonic() - i * 0.1 / REALTIME
         await pub.send(pcm[i * CHUNK:(i + 1) * CHUNK])
         ahead = (i + 1) * 0.1 / REALTIME - (time.monotonic() - t0)
         if ahead > 0:
@@ -100,8 +106,9 @@ class Snapshot:
         return cls(seq, int(finals or 0))
 
 
-async def assert_finished(r: aioredis.Redis, keys: Keys, sid: str, workers: WorkerProcs) -> None:
-    """The session reached a terminal status within two minutes (else: the workers' logs)."""
+async def wait_ended(r: aioredis.Redis, keys: Keys, sid: str, workers: WorkerProcs) -> None:
+    """Until the session reaches a terminal status, any (callers assert which); two minutes at
+    most, else the workers' logs."""
     try:
         await wait_status(r, keys, sid, timeout=120)
     except AssertionError as e:
@@ -212,7 +219,7 @@ async def test_primary_killed_mid_session(
     promoted = await asyncio.to_thread(cluster.wait_promoted, primary)
     promoted_s = time.monotonic() - t0
     await asyncio.gather(feeder, feeder2)
-    await assert_finished(cr, keys, sid, workers)
+    await wait_ended(cr, keys, sid, workers)
     meta = await wait_status(cr, keys, sid, timeout=1)
     ended = time.monotonic() - t0
     finals = await read_finals(cr, keys, sid)
@@ -264,8 +271,8 @@ async def test_primary_killed_while_its_replica_lags(
     replica = cluster.replicas_of(primary)[0]
     sid = sid_on(cluster, primary, f"lag{wait_replicas}", keys)
     pub = start_publisher(csettings, keys, wait_replicas)
-    started = asyncio.Event()
-    feeder = asyncio.create_task(produce(pub, sid, N, started))
+    started, stalled = asyncio.Event(), asyncio.Event()
+    feeder = asyncio.create_task(produce(pub, sid, N, started, gate=stalled, gate_at=N // 3))
     await started.wait()
     await wait_finals(cr, keys, sid, 3)
     assert replica.server.proc is not None
@@ -274,8 +281,17 @@ async def test_primary_killed_while_its_replica_lags(
     try:
         ballast = await asyncio.to_thread(fill_replication_link, primary, keys, sid)
         at_stop = Snapshot.of(primary, keys, sid)
-        await asyncio.sleep(1.5)  # audio and finals the replica will never see
+        stalled.set()  # audio and finals from here on the replica will never see
+        await asyncio.sleep(1.5)
         before = Snapshot.of(primary, keys, sid)
+        # A loaded machine: wait until audio went on past the stall. With wait_replicas the
+        # producer may instead be held back already (its batch in flight at the stall is never
+        # confirmed, so it sends nothing newer): a WAIT shortfall shows that.
+        async with asyncio.timeout(30):
+            while before.last_seq <= at_stop.last_seq and not (
+                    wait_replicas and pub.stats.wait_shortfalls >= 1):
+                await asyncio.sleep(0.1)
+                before = Snapshot.of(primary, keys, sid)
         acked_at_kill = pub.stats.acked_seq
         killed_ms = time.time() * 1000
         t0 = time.monotonic()
@@ -285,7 +301,7 @@ async def test_primary_killed_while_its_replica_lags(
     promoted = await asyncio.to_thread(cluster.wait_promoted, primary)
     promoted_s = time.monotonic() - t0
     await feeder
-    await assert_finished(cr, keys, sid, workers)
+    await wait_ended(cr, keys, sid, workers)
     meta = await wait_status(cr, keys, sid, timeout=1)
     finals = await read_finals(cr, keys, sid)
     got = [w for _, t in finals for w in t.text.split()]
@@ -369,7 +385,7 @@ async def test_resent_chunks_after_a_failover_are_not_relayed_twice(
     await pub.close(timeout=120)
     with contextlib.suppress(Exception):
         await cr.delete(*ballast)
-    await assert_finished(cr, keys, sid, slow_finals_workers)
+    await wait_ended(cr, keys, sid, slow_finals_workers)
     meta = await wait_status(cr, keys, sid, timeout=1)
     got = [w for _, t in await read_finals(cr, keys, sid) for w in t.text.split()]
     report("SIGKILL primary, replica lagging, no final in the window", pub.stats, 0,

@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 
 import redis.asyncio as aioredis
 
 from tests.cluster.clustertest_support import sids_on_every_primary
 from tests.support import create
+from voxq.aio import within
 from voxq.keys import Keys
 from voxq.redis_cluster import RedisClusterServer
 from workers.ownership import Ownership
@@ -41,20 +41,17 @@ async def test_a_stalled_shard_holds_back_only_its_own_commands(
             await asyncio.sleep(0.05)
             # ... while two refresh rounds of epoch reads answer for every other shard
             for _ in range(2):
-                t0 = time.monotonic()
                 got = await own.epochs_within(sids, timeout=0.25)
-                assert time.monotonic() - t0 < 0.5
                 assert got == {s: epochs[s] for s in healthy}
-            # and writes to the healthy shards complete at once
-            t0 = time.monotonic()
+            # and writes to the healthy shards complete while it is still stalled (the bound
+            # only keeps a blocked write from hanging the test)
             for s in healthy:
-                assert await asyncio.wait_for(
-                    own.batcher.execute("HSET", keys.meta(s), "probe", "1"), 0.5) == 1
-            assert time.monotonic() - t0 < 0.5
+                assert await within(
+                    own.batcher.execute("HSET", keys.meta(s), "probe", "1"), 30) == 1
             assert not blocked.done()
         finally:
             os.kill(stalled.server.proc.pid, signal.SIGCONT)
-        assert await asyncio.wait_for(blocked, 15) == 1  # the shard answers once it resumes
+        assert await within(blocked, 15) == 1  # the shard answers once it resumes
         assert await own.epochs_within(sids, timeout=2.0) == epochs
     finally:
         await own.aclose()

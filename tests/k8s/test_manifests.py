@@ -51,6 +51,7 @@ from tests.k8s.k8s_support import (
     voxq_container,
     workloads,
 )
+from tests.support import stop_process
 from voxq.embedded_redis import find_redis_server, free_port
 from voxq.keys import TRANSCRIBERS_GROUP, Keys
 from voxq.settings import Settings
@@ -70,6 +71,7 @@ NOT_SETTINGS = {
 # Values in k8s/base/settings.env that deliberately differ from the code's defaults.
 BASE_OVERRIDES = {
     "VOXQ_API_HOST": "0.0.0.0",  # the default 127.0.0.1 is unreachable from outside the pod
+    "VOXQ_INGEST_HOST": "0.0.0.0",  # the same for the ingest gateway
     "VOXQ_WORKER_HEALTH_PORT": "8081",  # unset = no health server: the probes need one
     "VOXQ_TTS_METRICS_PORT": "9102",  # unset = no /metrics: Prometheus scrapes the TTS worker
 }
@@ -172,7 +174,7 @@ def test_keda_schema_rejects_what_keda_would() -> None:
 
 def test_secret_template_is_valid_and_holds_no_values() -> None:
     secrets = template_secrets()  # asserts no stringData/data
-    assert set(secrets) == {"voxq-vendor-credentials", "voxq-api", "voxq-redis"}
+    assert set(secrets) == {"voxq-vendor-credentials", "voxq-api", "voxq-redis", "voxq-ingest"}
     for d in yaml.safe_load_all(SECRETS_TEMPLATE.read_text()):
         filled = {**d, "stringData": {k: "x" for k in secrets[d["metadata"]["name"]]}}
         kubernetes_validate.validate(filled, K8S_VERSIONS[-1], strict=True)
@@ -486,6 +488,29 @@ async def test_worker_probe_paths_are_served_by_its_health_server(docs: tuple[Do
         await server.wait_closed()
 
 
+async def test_ingest_probe_paths_are_served_by_the_gateway(docs: tuple[Doc, ...]) -> None:
+    from producer.ingest.core import Gateway
+    from producer.ingest.server import IngestServer
+
+    w, c = voxq_container(docs, "ingest")
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"  # the process answers
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"  # 503 once draining
+    assert w["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+    gw = Gateway(Settings(_env_file=None), "redis://127.0.0.1:1/0", insecure=True)  # type: ignore[call-arg]
+    srv = IngestServer(gw)
+    server = await srv.start("127.0.0.1", 0)
+    try:
+        port = next(iter(server.sockets)).getsockname()[1]
+        for p in [*http_probes(c), {"path": "/metrics"}]:
+            assert await _get_status(port, p["path"]) == 200, p
+        assert await _get_status(port, "/nonexistent") == 404  # the check can fail
+        gw.draining.set()
+        assert await _get_status(port, "/readyz") == 503
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 def test_tts_worker_has_no_http_probes(docs: tuple[Doc, ...]) -> None:
     _, c = voxq_container(docs, "tts-worker")
     assert not http_probes(c), "the TTS worker serves no HTTP; a probe could never pass"
@@ -516,6 +541,15 @@ def test_ports_match_the_settings(docs: tuple[Doc, ...], config: dict[str, str],
                                         for p in r.get("ports", [])}
                 for n in of_kind(docs, "NetworkPolicy")}
     assert np_ports["voxq-api"] == {api_port}
+    g, ingest = voxq_container(docs, "ingest")
+    ingest_port = int(flag(ingest["args"], "--port") or settings.ingest_port)
+    assert settings.ingest_host == "0.0.0.0" or flag(ingest["args"], "--host") == "0.0.0.0"
+    for p in http_probes(ingest):
+        assert container_port(ingest, p["port"]) == ingest_port
+    assert g["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(ingest_port)
+    svc = one(docs, "Service", "voxq-ingest")
+    assert {container_port(ingest, p["targetPort"]) for p in svc["spec"]["ports"]} == {ingest_port}
+    assert np_ports["voxq-ingest"] == {ingest_port}
     assert np_ports["voxq-worker"] == {health}
 
 
@@ -531,6 +565,10 @@ def test_grace_periods_cover_the_drain_and_the_longest_job(
     t, _ = voxq_container(docs, "tts-worker")
     longest_job = s.tts_job_timeout_base_seconds + s.tts_job_timeout_per_char_seconds * s.tts_max_text_chars
     assert t["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= longest_job + 10
+    g, _ = voxq_container(docs, "ingest")
+    # the drain (producer/ingest/server.py): the grace for calls, then up to 15 s to close
+    assert g["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= \
+        s.ingest_drain_grace_seconds + 15
     a, api = voxq_container(docs, "api")
     pre_stop = api["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
@@ -602,7 +640,7 @@ def test_network_policies_allow_the_vendor_ports_the_code_uses(docs: tuple[Doc, 
     assert egress_ports(clients) == {6379}
     selected = [w["metadata"]["name"] for w in workloads(docs)
                 if matches(clients["spec"]["podSelector"], pod_labels(w))]
-    assert sorted(selected) == ["voxq-api", "voxq-tts-worker", "voxq-worker"]
+    assert sorted(selected) == ["voxq-api", "voxq-ingest", "voxq-tts-worker", "voxq-worker"]
 
 
 def test_dev_redis_persists_every_write_and_never_evicts(docs: tuple[Doc, ...],
@@ -656,15 +694,14 @@ def test_dev_redis_conf_is_accepted_by_redis_server(tmp_path: Path) -> None:
                        "maxmemory-policy": "noeviction", "save": ""}
         r.close()
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_process(proc, 10)
 
 
 def test_roles_are_voxq_commands(docs: tuple[Doc, ...]) -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     commands = set(pyproject["project"]["entry-points"]["voxq.commands"])
     roles = {role(c) for _, c in containers(docs)} - {None}
-    assert roles == {"api", "worker", "tts-worker"} and roles <= commands
+    assert roles == {"api", "ingest", "worker", "tts-worker"} and roles <= commands
     for _, c in containers(docs):
         if role(c):
             assert "command" not in c, "the image's ENTRYPOINT is `voxq`; args pick the role"

@@ -47,6 +47,36 @@ def test_meta_from_malformed_hash() -> None:
         SessionMeta.from_hash({b"rate": b"16000"})
 
 
+@given(st.dictionaries(st.sampled_from(["id", "rate", "channels", "chunk_ms", "created", "status",
+                                        "options", "epoch", "checkpoint", "finals",
+                                        "bad_chunks", "vendor", "language"]),
+                       st.binary(max_size=20)))
+def test_garbage_meta_raises_only_invalid_input(fields: dict) -> None:  # type: ignore[type-arg]
+    try:
+        SessionMeta.from_hash({k.encode(): v for k, v in fields.items()})
+    except InvalidInput:
+        pass
+
+
+@pytest.mark.parametrize(("field", "value", "said"), [
+    ("options", b"{not json", "options"), ("options", b"[1]", "options"),
+    ("checkpoint", b"zz", "checkpoint"), ("finals", b"many", "finals"),
+    ("status", b"weird", "status"), ("rate", b"fast", "rate")])
+def test_malformed_meta_field_is_named(field: str, value: bytes, said: str) -> None:
+    h = _as_redis(SessionMeta(session_id="m").to_hash())
+    h[field.encode()] = value
+    with pytest.raises(InvalidInput, match=said):
+        SessionMeta.from_hash(h)
+
+
+def test_chunk_larger_than_200ms_of_the_session_is_refused() -> None:
+    m = SessionMeta(session_id="c", rate=8000, channels=2)
+    assert m.max_chunk_bytes == 6400
+    assert encode_chunk(0, b"\0" * 6400, m.max_chunk_bytes)["pcm"] == b"\0" * 6400
+    with pytest.raises(InvalidInput, match="6401 bytes"):
+        encode_chunk(1, b"\0" * 6401, m.max_chunk_bytes)
+
+
 def test_chunk_and_eos() -> None:
     assert decode_chunk(_as_redis(encode_chunk(7, b"\x01\x02"))) == Chunk(7, b"\x01\x02")
     assert decode_chunk(_as_redis(encode_eos(9))) == Chunk(9, eos=True)
@@ -86,3 +116,12 @@ def test_shift_moves_every_time() -> None:
     t = Transcript("a b", True, 1.0, 2.0, words=(Word("a", 1.0, 1.5), Word("b", 1.5, 2.0)))
     s = t.shifted(10)
     assert (s.start, s.end, s.words[1].end) == (11.0, 12.0, 12.0)
+
+
+def test_webhook_finals_round_trip_and_need_a_webhook() -> None:
+    meta = SessionMeta(session_id="w1", webhook="https://crm.example/hook", webhook_finals=True)
+    back = SessionMeta.from_hash({k.encode(): v.encode() for k, v in meta.to_hash().items()})
+    assert back.webhook_finals and back.webhook == "https://crm.example/hook"
+    assert "webhook_finals" not in SessionMeta(session_id="w2").to_hash()
+    with pytest.raises(InvalidInput, match="webhook finals need a webhook URL"):
+        SessionMeta(session_id="w3", webhook_finals=True)

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from tests.emulators.watermark import WatermarkEmulator, expected_words, watermark_pcm
 from tests.support import create, publish, wait_status
+from voxq.aio import within
 from voxq.keys import Keys
 from voxq.records import Status
 from voxq.sessions import read_finals
@@ -75,7 +76,7 @@ async def test_duplicate_control_entry_is_dropped_not_fought_over(
     finally:
         for _, stop, task in (a, b):
             stop.set()
-            await asyncio.wait_for(task, 30)
+            await within(task, 30)
 
 
 async def test_session_past_length_limit_fails_with_reason_and_keeps_finals(
@@ -90,4 +91,4 @@ async def test_session_past_length_limit_fails_with_reason_and_keeps_finals(
         assert words == expected_words(100)
     finally:
         w[1].set()
-        await asyncio.wait_for(w[2], 30)
+        await within(w[2], 30)

@@ -13,7 +13,8 @@ import pytest
 
 from tests.emulators.kube_api import KubeApiEmulator
 from tests.emulators.watermark import WatermarkEmulator, watermark_pcm
-from tests.support import create, publish, wait_status
+from tests.support import create, publish, wait_finished
+from voxq.aio import within
 from voxq.keys import Keys
 from voxq.redis_conn import connect
 from voxq.settings import Settings
@@ -171,10 +172,10 @@ async def test_worker_keeps_its_pod_deletion_cost_equal_to_its_sessions(settings
             await until(lambda: kube.annotations["worker-0"].get(ANNOTATION) == "2")
             for sid in ("pc1", "pc2"):
                 await publish(r, keys, sid, watermark_pcm(5), start_seq=5)
-                await wait_status(r, keys, sid)
+                await wait_finished(r, keys, sid)
             await until(lambda: kube.annotations["worker-0"].get(ANNOTATION) == "0")
             assert kube.history["worker-0"][0] == "0" and "2" in kube.history["worker-0"]
         finally:
             stop.set()
-            await asyncio.wait_for(task, 30)
+            await within(task, 30)
             await r.aclose()

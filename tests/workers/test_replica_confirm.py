@@ -13,7 +13,8 @@ import time
 import redis
 
 from tests.emulators.watermark import WatermarkEmulator, watermark_pcm
-from tests.support import create, publish, wait_status
+from tests.support import create, publish, wait_finished
+from voxq.aio import within
 from voxq.embedded_redis import RedisServer
 from voxq.keys import TRANSCRIBERS_GROUP, Keys
 from voxq.redis_conn import connect
@@ -45,7 +46,7 @@ async def test_status_reaches_the_replica_before_the_ack(prefix: str) -> None:
             # healthy replica: finished, on the replica too, and acknowledged
             await create(r, keys, "rc1", vendor="voxq-ws")
             await publish(r, keys, "rc1", watermark_pcm(10))
-            await wait_status(r, keys, "rc1")
+            await wait_finished(r, keys, "rc1")
             assert rep.hget(keys.meta("rc1"), "status") == "finished"
             for _ in range(100):
                 if await r.xlen(keys.sessions) == 0:
@@ -59,7 +60,7 @@ async def test_status_reaches_the_replica_before_the_ack(prefix: str) -> None:
             try:
                 await create(r, keys, "rc2", vendor="voxq-ws")
                 await publish(r, keys, "rc2", watermark_pcm(10))
-                await wait_status(r, keys, "rc2")
+                await wait_finished(r, keys, "rc2")
                 await asyncio.sleep(0.5)  # past the 300 ms WAIT
                 pending = await r.xpending(keys.sessions, TRANSCRIBERS_GROUP)
                 assert pending["pending"] == 1
@@ -74,6 +75,6 @@ async def test_status_reaches_the_replica_before_the_ack(prefix: str) -> None:
             assert rep.hget(keys.meta("rc2"), "status") == "finished"
         finally:
             stop.set()
-            await asyncio.wait_for(task, 30)
+            await within(task, 30)
             await r.aclose()
             rep.close()

@@ -13,7 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import SAMPLE
-from tests.support import create, load_pcm, publish, start_worker, stereo, wait_status
+from tests.support import create, load_pcm, publish, start_worker, stereo, stop_process, wait_status
+from voxq.aio import within
 from voxq.keys import Keys
 from voxq.records import Status, decode_transcript, encode_chunk
 from voxq.sessions import read_finals
@@ -34,7 +35,7 @@ async def worker(settings: Settings) -> AsyncIterator[Transcriber]:
     task = asyncio.create_task(w.run(stop))
     yield w
     stop.set()
-    await asyncio.wait_for(task, 30)
+    await within(task, 30)
 
 
 def words_of(finals: list) -> set[str]:  # type: ignore[type-arg]
@@ -87,6 +88,7 @@ async def test_malformed_chunks_are_skipped_and_change_nothing(
     await publish(r, keys, "bad", pcm, start_seq=2)
     meta = await wait_status(r, keys, "bad")
     assert meta.status is Status.FINISHED
+    assert meta.bad_chunks == 3  # counted where the API shows it, never silent
     assert EXPECTED_WORDS <= words_of(await read_finals(r, keys, "bad"))
 
 
@@ -114,7 +116,7 @@ async def test_producer_gone_silent_is_abandoned_with_finals_kept(
         assert EXPECTED_WORDS & words_of(await read_finals(r, keys, "gone"))
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        await within(task, 30)
 
 
 async def test_sigkilled_worker_session_completed_by_another(
@@ -149,6 +151,5 @@ async def test_sigkilled_worker_session_completed_by_another(
         print(f"takeover completed the session {took:.1f}s after SIGKILL")
     finally:
         for p in (first, second):
-            if p and p.poll() is None:
-                p.terminate()
-                p.wait(10)
+            if p:
+                stop_process(p, 10)

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from tests.emulators.watermark import WatermarkEmulator, expected_words, random_drops, watermark_pcm
 from tests.support import create, publish, wait_status
+from voxq.aio import within
 from voxq.keys import Keys
 from voxq.records import Status
 from voxq.sessions import read_finals
@@ -35,7 +36,7 @@ async def worker(settings: Settings, emulator: WatermarkEmulator) -> AsyncIterat
     task = asyncio.create_task(w.run(stop))
     yield w
     stop.set()
-    await asyncio.wait_for(task, 30)
+    await within(task, 30)
 
 
 async def transcript_words(r: aioredis.Redis, keys: Keys, sid: str) -> list[str]:
@@ -87,7 +88,7 @@ async def test_vendor_dying_right_after_a_final_loses_no_final(
 async def test_stalled_vendor_is_detected_and_replayed(
         worker: Transcriber, emulator: WatermarkEmulator, r: aioredis.Redis, keys: Keys,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from workers.vendors.voxqws.recognizer import VoxqWsRecognizer
+    from workers.vendors.voxqws.stt import VoxqWsRecognizer
 
     monkeypatch.setattr(VoxqWsRecognizer, "ping_interval", 0.3)
     monkeypatch.setattr(VoxqWsRecognizer, "ping_timeout", 0.5)

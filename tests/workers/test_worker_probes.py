@@ -6,6 +6,7 @@ import asyncio
 
 import httpx
 
+from voxq.aio import within
 from voxq.settings import Settings
 from workers.transcriber import Transcriber
 
@@ -32,14 +33,14 @@ async def test_health_ready_and_metrics_then_not_ready_while_draining(settings: 
             assert (await c.get(f"{base}/healthz")).status_code == 503
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        await within(task, 30)
 
 
 async def test_worker_metrics_count_sessions_chunks_and_vendor_connects(settings: Settings) -> None:
     from prometheus_client import REGISTRY
 
     from tests.emulators.watermark import WatermarkEmulator, watermark_pcm
-    from tests.support import create, publish, wait_status
+    from tests.support import create, publish, wait_finished
     from voxq.keys import Keys
     from voxq.redis_conn import connect
 
@@ -60,10 +61,10 @@ async def test_worker_metrics_count_sessions_chunks_and_vendor_connects(settings
         try:
             await create(r, keys, "m1", vendor="voxq-ws")
             await publish(r, keys, "m1", watermark_pcm(30))
-            await wait_status(r, keys, "m1")
+            await wait_finished(r, keys, "m1")
         finally:
             stop.set()
-            await asyncio.wait_for(task, 30)
+            await within(task, 30)
             await r.aclose()
     assert value("voxq_chunks_relayed_total") - before["voxq_chunks_relayed_total"] == 30
     assert value("voxq_sessions_claimed_total") - before["voxq_sessions_claimed_total"] == 1
@@ -101,10 +102,10 @@ async def test_probes_answer_before_redis_does_and_ready_follows_the_group(
                     await asyncio.sleep(0.05)
                 assert (await c.get(f"{base}/readyz")).status_code == 200
                 stop.set()
-                await asyncio.wait_for(task, 30)
+                await within(task, 30)
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        await within(task, 30)
 
 
 async def test_stop_while_redis_is_unreachable_returns(settings: Settings) -> None:
@@ -117,7 +118,7 @@ async def test_stop_while_redis_is_unreachable_returns(settings: Settings) -> No
     await asyncio.sleep(0.5)
     assert not w.ready
     stop.set()
-    await asyncio.wait_for(task, 10)
+    await within(task, 10)
 
 
 async def test_a_stopped_worker_leaves_the_group_once_nothing_is_pending(
@@ -125,7 +126,7 @@ async def test_a_stopped_worker_leaves_the_group_once_nothing_is_pending(
     """One session finished, one handed off at stop: nothing stays pending for the worker, so
     its consumer is deleted (a fleet that scales up and down keeps no consumer per old pod)."""
     from tests.emulators.watermark import WatermarkEmulator, watermark_pcm
-    from tests.support import create, publish, wait_status
+    from tests.support import create, publish, wait_finished
     from voxq.keys import TRANSCRIBERS_GROUP, Keys
     from voxq.redis_conn import connect
     from workers.ownership import HANDOFF_CONSUMER
@@ -141,7 +142,7 @@ async def test_a_stopped_worker_leaves_the_group_once_nothing_is_pending(
         try:
             await create(r, keys, "lv1", vendor="voxq-ws")
             await publish(r, keys, "lv1", watermark_pcm(5))
-            await wait_status(r, keys, "lv1")
+            await wait_finished(r, keys, "lv1")
             await create(r, keys, "lv2", vendor="voxq-ws")
             await publish(r, keys, "lv2", watermark_pcm(5), eos=False)
             while "lv2" not in w.held:
@@ -150,12 +151,12 @@ async def test_a_stopped_worker_leaves_the_group_once_nothing_is_pending(
                                                                  TRANSCRIBERS_GROUP)}
             assert b"leaver" in names or "leaver" in names
             stop.set()
-            await asyncio.wait_for(task, 30)
+            await within(task, 30)
             consumers = {(c["name"].decode() if isinstance(c["name"], bytes) else c["name"]):
                          c["pending"] for c in await r.xinfo_consumers(keys.sessions,
                                                                        TRANSCRIBERS_GROUP)}
             assert consumers == {HANDOFF_CONSUMER: 1}
         finally:
             stop.set()
-            await asyncio.wait_for(task, 30)
+            await within(task, 30)
             await r.aclose()

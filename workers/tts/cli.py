@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from voxq.errors import InvalidInput, VoxqError
 from voxq.redis_conn import connect_sync, redis_url, rq_url
@@ -120,13 +120,23 @@ def run_tts(args: argparse.Namespace) -> int:
         return asyncio.run(_batch(settings, args))
     if not args.text:
         raise InvalidInput("give the TEXT to speak (or --batch LINES.txt)")
+    out = Path(args.output)
+    _check_folder(out.parent, f"cannot write {out}")
     text = sys.stdin.read() if args.text == "-" else args.text
     mp3, seconds = asyncio.run(_one(settings, args, text))
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(mp3)
+    try:
+        out.write_bytes(mp3)
+    except OSError as e:
+        raise InvalidInput(f"cannot write {out}: {e.strerror}") from None
     print(f"{out}: {seconds:.2f}s, {len(mp3)} bytes", file=sys.stderr)
     return 0
+
+
+def _check_folder(folder: Path, what: str) -> None:
+    """InvalidInput unless ``folder`` is an existing directory (voxq never creates it silently)."""
+    if not folder.is_dir():
+        why = "is not a folder" if folder.exists() else "does not exist"
+        raise InvalidInput(f"{what}: the folder {folder} {why}")
 
 
 async def _batch(settings: Settings, args: argparse.Namespace) -> int:
@@ -144,7 +154,11 @@ async def _batch(settings: Settings, args: argparse.Namespace) -> int:
 
         jobs.plan(_request(args, text), settings)
     outdir = Path(args.output)
-    await asyncio.to_thread(outdir.mkdir, parents=True, exist_ok=True)
+    _check_folder(outdir.parent, f"cannot create the output folder {outdir}")
+    try:  # the output folder itself may be new; the folder holding it must exist
+        await asyncio.to_thread(outdir.mkdir, exist_ok=True)
+    except OSError as e:
+        raise InvalidInput(f"cannot create the output folder {outdir}: {e.strerror}") from None
     width = max(4, len(str(len(lines))))
     gate = asyncio.Semaphore(max(1, args.jobs))
     failures: list[str] = []
@@ -197,6 +211,21 @@ def _serve_metrics(port: int) -> None:
     start_http_server(port, registry=registry)
 
 
+def _one_line_failures(base: type[Any]) -> type[Any]:
+    """An RQ worker class that does not log a traceback for a job that failed on purpose (a
+    VoxqError: missing credentials, a vendor's refusal): the job's failure callback already
+    logged its one-line reason. Anything else still gets RQ's full traceback."""
+
+    class OneLineFailures(base):
+        def handle_exception(self, job: Any, *exc_info: Any) -> None:
+            if isinstance(exc_info[1] if len(exc_info) > 1 else None, VoxqError):
+                return
+            super().handle_exception(job, *exc_info)
+
+    OneLineFailures.__name__ = base.__name__
+    return OneLineFailures
+
+
 def run_tts_worker(args: argparse.Namespace) -> int:
     """Work the TTS queue until SIGTERM/SIGINT (RQ's warm shutdown) or, with --burst, empty."""
     from rq import Queue, SimpleWorker, Worker
@@ -211,7 +240,7 @@ def run_tts_worker(args: argparse.Namespace) -> int:
         jobs.warm_up()
         conn = connect_sync(queue_url)
         queue = Queue(args.queue or settings.tts_queue, connection=conn)
-        worker_class = SimpleWorker if args.no_fork else Worker
+        worker_class = _one_line_failures(SimpleWorker if args.no_fork else Worker)
         worker = worker_class([queue], connection=conn, name=args.name)
         port = args.metrics_port if args.metrics_port is not None else settings.tts_metrics_port
         if port is not None:

@@ -31,9 +31,12 @@ import redis
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field
 
+from voxq import redaction
+from voxq.aio import within
 from voxq.errors import InvalidInput, VoxqError
 from voxq.keys import Keys
 from voxq.metrics import REDIS_ERRORS, TTS_JOB_DURATION, TTS_JOBS
+from voxq.redaction import redact
 from voxq.redis_conn import connect, connect_sync
 from voxq.settings import Settings, get_settings
 from workers.tts import mp3join
@@ -426,6 +429,7 @@ def configure(redis_url: str, rq_redis_url: str | None = None) -> None:
     """Tell job functions in this process (and its forked work horses) which Redis holds the
     records, MP3s and cache (``redis_url``, possibly a cluster) and which one RQ uses."""
     global _redis_url, _rq_redis_url
+    redaction.install(get_settings())
     _redis_url = redis_url
     _rq_redis_url = rq_redis_url
 
@@ -467,7 +471,7 @@ async def synthesize_text(synth: Synthesizer, request: SynthesisRequest,
                                         volume=request.volume, pitch=request.pitch,
                                         sample_rate=request.sample_rate, format=request.format)
         try:
-            mp3 = await asyncio.wait_for(synth.synthesize(part_request), timeout)
+            mp3 = await within(synth.synthesize(part_request), timeout)
         except TimeoutError:
             raise VendorRetryable(f"no audio within {timeout:g}s", vendor=synth.name) from None
         if not mp3:
@@ -484,6 +488,7 @@ async def synthesize_text(synth: Synthesizer, request: SynthesisRequest,
 async def run_job(job_id: str, prefix: str) -> None:
     """RQ job function: synthesise one job and store its MP3 in its record; returns nothing."""
     settings = get_settings()
+    redaction.install(settings)
     url = _redis_url or settings.redis_url
     if not url:
         raise VoxqError("the TTS worker has no Redis URL (set REDIS_URL)")
@@ -572,7 +577,7 @@ def failure_reason(exc: BaseException | None, timeout: int | None = None) -> str
     if isinstance(exc, JobTimeoutException):
         return f"timed out after {timeout}s" if timeout else "timed out"
     if isinstance(exc, VoxqError):
-        return str(exc)[:2000]
+        return redact(str(exc))[:2000]
     if isinstance(exc, redis.RedisError):
         return f"Redis error: {type(exc).__name__}"
     return f"internal error ({type(exc).__name__})"

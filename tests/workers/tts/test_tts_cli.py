@@ -3,28 +3,25 @@ real processes."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.emulators.polly import Fault, PollyEmulator
 from tests.emulators.tts_audio import speech_seconds
+from tests.support import run_voxq
 from tests.workers.tts.ttstest_support import api_client, decoded_seconds, wait_job
 from voxq.settings import Settings
 
 
 async def voxq(env: dict[str, str], *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
     """Run `python -m voxq ARGS`; (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voxq", *args, env=env, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(stdin), 120)
-    return proc.returncode or 0, out.decode(), err.decode()
+    done = await run_voxq(*args, env=env, stdin=stdin)
+    return done.returncode or 0, done.stdout.decode(), done.stderr.decode()
 
 
 async def test_one_off_local_from_argument_and_stdin(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
     out = tmp_path / "sub" / "hello.mp3"
     code, _, err = await voxq(env, "tts", "Hello from the command line.", "-o", str(out), "--rate", "16000")
     assert code == 0, err
@@ -57,12 +54,29 @@ async def test_one_off_through_a_vendor(env: dict[str, str], tmp_path: Path) -> 
     (["tts", "--batch", "/nonexistent/lines.txt", "-o", "d"], "cannot read"),
     (["tts", "", "-o", "o.mp3"], "give the TEXT"),
     (["tts", "x", "-o", "o.mp3", "--speed", "9"], "speed"),
+    (["tts", "x", "-o", "/nonexistent/x.mp3"], "cannot write /nonexistent/x.mp3: the folder "
+                                               "/nonexistent does not exist"),
 ])
 async def test_mistakes_exit_2_with_a_reason(env: dict[str, str], tmp_path: Path, args: list[str],
                                              words: str) -> None:
     code, _, err = await voxq(env, *args)
     assert code == 2 and words in err, err
     assert not (tmp_path / "o.mp3").exists()
+
+
+async def test_output_folders_are_never_created_silently(env: dict[str, str],
+                                                         tmp_path: Path) -> None:
+    lines = tmp_path / "lines.txt"
+    lines.write_text("One.\n", encoding="utf-8")
+    (tmp_path / "file").write_text("")
+    for out, why in ((tmp_path / "missing" / "x.mp3", "does not exist"),
+                     (tmp_path / "file" / "x.mp3", "is not a folder")):
+        code, _, err = await voxq(env, "tts", "x", "-o", str(out))
+        assert code == 2 and f"the folder {out.parent} {why}" in err, err
+    deep = tmp_path / "missing" / "out"
+    code, _, err = await voxq(env, "tts", "--batch", str(lines), "-o", str(deep))
+    assert code == 2 and f"the folder {deep.parent} does not exist" in err, err
+    assert not (tmp_path / "missing").exists()
 
 
 async def test_batch_writes_one_mp3_per_line_and_reports_failures(env: dict[str, str], tmp_path: Path) -> None:
@@ -99,3 +113,20 @@ async def test_burst_worker_drains_the_queue_and_exits(env: dict[str, str], sett
         assert f"on queue {prefix}" in err
         for job_id in ids:
             assert (await wait_job(client, job_id, timeout=5))["status"] == "finished"
+
+
+async def test_worker_logs_a_missing_credentials_failure_in_one_line(
+        env: dict[str, str], settings: Settings, prefix: str) -> None:
+    s = settings.model_copy(update={"tts_queue": prefix})
+    async with api_client(s) as client:
+        reply = await client.post("/v1/tts", json={"text": "No keys here.", "vendor": "aws"})
+        assert reply.status_code == 202, reply.text
+        job_id = reply.json()["job_id"]
+        code, _, err = await voxq({**env, "VOXQ_TTS_QUEUE": prefix, "VOXQ_TTS_RETRIES": "0"},
+                                  "tts-worker", "--burst")
+        assert code == 0, err
+        job = await wait_job(client, job_id, timeout=5)
+        assert job["status"] == "failed" and "credentials" in job["error"], job
+    assert "Traceback" not in err, err
+    failed = [ln for ln in err.splitlines() if job_id in ln and "failed" in ln]
+    assert len(failed) == 1 and "credentials" in failed[0], err

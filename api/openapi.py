@@ -1,0 +1,185 @@
+"""The OpenAPI document, made to say exactly what the API does.
+
+FastAPI's generated document is a start; this fills in what it cannot know: every error answer
+a route gives (401, 404, 409, 413, 416, 422, 503) with the one shape they all have
+(`{"detail": reason}`, never FastAPI's list-shaped validation error), the request bodies the TTS
+routes read themselves (self-contained, with one branch per vendor listing its voices and sample
+rates), the session-id pattern, and bearer security only when a key is configured.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from api.json_body import JsonLimits
+from api.routes_tts import TtsBatchRequest, batch_limits, single_limits
+from api.sse import EVENT_ID_RE
+from voxq.keys import SESSION_ID_RE
+from voxq.settings import Settings
+from workers.tts import jobs
+
+REF = "#/components/schemas/{model}"
+ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
+SESSION_ID_PATTERN = f"^{SESSION_ID_RE.pattern}$"
+EVENT_ID_PATTERN = rf"^\s*{EVENT_ID_RE.pattern}\s*$"  # the `id` of an event this API sent
+NON_BLANK_TEXT = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"  # some non-space character, and no NUL
+
+ERRORS: dict[str, str] = {
+    "401": "Missing or wrong API key (`Authorization: Bearer <VOXQ_API_KEY>`).",
+    "404": "No such resource (unknown, or expired).",
+    "409": "The resource exists but is not in a state that allows this (see the reason).",
+    "413": "The request body is too large (bytes, JSON values, text or batch items).",
+    "416": "The requested byte range is outside the audio.",
+    "422": "A malformed parameter or body; the reason names it.",
+    "503": "Redis is unavailable, or too many live streams; retry later.",
+}
+
+
+def _errors_of(path: str, method: str) -> set[str]:
+    """Error answers a route gives besides 401 (which depends on the key being set)."""
+    if not path.startswith("/v1/"):
+        return set()
+    out = {"503"}
+    if path.startswith("/v1/sessions"):
+        out.add("422")  # the id pattern, paging, format, Last-Event-ID
+    if path.startswith("/v1/sessions/"):
+        out |= {"404", "409"}
+    if method == "post":
+        out |= {"413", "422"}
+    if path.startswith("/v1/tts/") and method in ("get", "head"):
+        out.add("404")
+    if path.endswith("/audio"):
+        out |= {"409", "416"}
+    if path.endswith("/zip"):
+        out.add("409")
+    return out
+
+
+def _refuses(synth: Any, **changes: Any) -> bool:
+    """Whether the vendor's own request check refuses a request with ``changes``."""
+    check = getattr(synth, "check_request", None)
+    if not callable(check):
+        return False
+    probe = jobs.SynthesisRequest(**{"text": "probe", "voice": synth.voices()[0], "speed": 1.0,
+                                "volume": 1.0, "pitch": 1.0, "sample_rate": 16000,
+                                "format": "mp3", **changes})
+    try:
+        check(probe)
+    except ValueError:  # InvalidInput
+        return True
+    return False
+
+
+def vendor_branch(name: str | None, settings: Settings) -> dict[str, Any]:
+    """What one vendor accepts (``None``: the request names no vendor, the default applies)."""
+    synth = jobs.make_synthesizer(name or settings.tts_default_vendor, settings)
+    props: dict[str, Any] = {
+        # "" and null both mean the vendor's default voice
+        "voice": {"anyOf": [{"type": "string", "enum": ["", *synth.voices()]}, {"type": "null"}]},
+        "sample_rate": {"type": "integer", "enum": list(jobs.sample_rates_of(synth))},
+    }
+    if _refuses(synth, pitch=1.5) or _refuses(synth, pitch=0.75):
+        props["pitch"] = {"type": "number", "enum": [1.0]}
+    for low in (0.1, 0.25, 0.49):
+        if _refuses(synth, volume=low):
+            props["volume"] = {"type": "number", "minimum": 0.5, "maximum": 2.0}
+            break
+    if name is None:
+        return {"properties": {"vendor": {"type": "null"}, **props}, "title": "default vendor"}
+    return {"properties": {"vendor": {"const": name}, **props}, "required": ["vendor"],
+            "title": name}
+
+
+def tts_request_schema(settings: Settings) -> dict[str, Any]:
+    """TtsRequest as the API validates it: non-blank text within the limit, a known vendor,
+    and the voices and rates of that vendor."""
+    base = jobs.TtsRequest.model_json_schema(ref_template=REF)
+    text = base["properties"]["text"]
+    text.update(minLength=1, maxLength=settings.tts_max_text_chars, pattern=NON_BLANK_TEXT)
+    text["description"] += (f" Not blank, no NUL; at most VOXQ_TTS_MAX_TEXT_CHARS "
+                            f"({settings.tts_max_text_chars}) characters, longer is a 413.")
+    base["properties"]["vendor"] = {
+        "anyOf": [{"type": "string", "enum": jobs.known_vendors()}, {"type": "null"}],
+        "description": "Speech vendor; default VOXQ_TTS_DEFAULT_VENDOR "
+                       f"({settings.tts_default_vendor}).", "default": None}
+    base["properties"]["sample_rate"]["description"] += " One the vendor offers (see oneOf)."
+    base["properties"]["voice"]["description"] += " One of the vendor's voices (see oneOf)."
+    branches = [vendor_branch(None, settings)]
+    branches += [vendor_branch(v, settings) for v in jobs.known_vendors()]
+    base["oneOf"] = branches
+    return base
+
+
+def _limits_note(limits: JsonLimits) -> str:
+    return (f" Bodies over {limits.max_bytes} bytes or with more than {limits.max_values} JSON "
+            f"values are a 413, nesting deeper than {limits.max_depth} levels a 422; checked "
+            "while the body arrives.")
+
+
+def _body(ref: str) -> dict[str, Any]:
+    return {"required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+def truthful(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """FastAPI's document corrected to match the API's behaviour (see the module docstring)."""
+    doc = copy.deepcopy(doc)
+    auth = bool(settings.api_key and settings.api_key.get_secret_value())
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    schemas["TtsRequest"] = tts_request_schema(settings)
+    batch = TtsBatchRequest.model_json_schema(ref_template=REF)
+    batch.pop("$defs", None)
+    batch["properties"]["items"].update(maxItems=settings.tts_max_batch_items)
+    batch["properties"]["items"]["description"] += (
+        f" At most VOXQ_TTS_MAX_BATCH_ITEMS ({settings.tts_max_batch_items}); more is a 413.")
+    schemas["TtsBatchRequest"] = batch
+    if not auth:
+        doc["components"].pop("securitySchemes", None)
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            if not auth:
+                op.pop("security", None)
+            if path == "/v1/tts" and method == "post":
+                op["requestBody"] = _body("TtsRequest")
+                op["description"] = op.get("description", "") + _limits_note(
+                    single_limits(settings))
+            if path == "/v1/tts/batch" and method == "post":
+                op["requestBody"] = _body("TtsBatchRequest")
+                op["description"] = op.get("description", "") + _limits_note(
+                    batch_limits(settings))
+            for param in op.get("parameters", []):
+                if param["name"] == "session_id" and param["in"] == "path":
+                    param["schema"].update(pattern=SESSION_ID_PATTERN, maxLength=128,
+                                           minLength=1)
+                if param["name"] == "last_event_id":
+                    param["schema"] = {"anyOf": [{"type": "string", "pattern": EVENT_ID_PATTERN},
+                                                 {"type": "null"}]}
+            responses = op.setdefault("responses", {})
+            codes = _errors_of(path, method) | ({"401"} if auth and path.startswith("/v1/")
+                                                else set())
+            for code in codes:
+                entry = responses.setdefault(code, {"description": ERRORS[code]})
+                entry["content"] = {"application/json": {"schema": ERROR_REF}}
+            if "422" in responses and "422" not in codes:
+                responses.pop("422")
+    return doc
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Serve the corrected document at /openapi.json (built once, on first request)."""
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            raw = get_openapi(title=app.title, version=app.version, description=app.description,
+                              routes=app.routes)
+            app.openapi_schema = truthful(raw, settings)
+        return app.openapi_schema
+
+    setattr(app, "openapi", build)  # noqa: B010  (FastAPI's documented override point)
+
