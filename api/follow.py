@@ -38,8 +38,8 @@ SLOW_MESSAGE = ("this follower fell too far behind and was cut off; reconnect wi
 
 @dataclass(frozen=True, slots=True)
 class LiveEvent:
-    """One event for a client: ``partial``, ``final``, ``status`` or ``error`` (cut off),
-    its resumable id and its JSON data."""
+    """One event for a client: ``partial``, ``final``, ``status``, ``vendor_switched`` or
+    ``error`` (cut off), its resumable id and its JSON data."""
 
     kind: str
     id: str
@@ -226,6 +226,10 @@ class SessionFollow:
                     continue
                 if kind is Kind.GONE:
                     return
+                if kind is Kind.VENDOR_SWITCHED:
+                    assert self.cursor is not None
+                    yield LiveEvent(kind.value, self.cursor.event_id, data)
+                    continue
                 assert self.cursor is not None
                 if kind is Kind.FINAL:
                     if not _after(eid, self.cursor.final):

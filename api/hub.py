@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import OrderedDict, deque
@@ -46,7 +47,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from api.render import event_data
 from voxq.errors import InvalidInput
 from voxq.keys import Keys
-from voxq.lifecycle import decode_lifecycle, decode_status
+from voxq.lifecycle import decode_lifecycle, decode_status, decode_vendor_switch
 from voxq.records import Status
 
 log = logging.getLogger("voxq.api.hub")
@@ -71,6 +72,7 @@ class Kind(StrEnum):
     STATUS = "status"  # data: (Status, error)
     GONE = "gone"  # the session's meta no longer exists
     LIFECYCLE = "lifecycle"  # data: the event's dict (firehose)
+    VENDOR_SWITCHED = "vendor_switched"  # data: rendered JSON (from, vendor, reason)
 
 
 #: one fanned-out item: (kind, stream id, data); data is rendered JSON for final/partial
@@ -281,6 +283,11 @@ class EventHub:
             ch.pos[idx] = eid
             self.entries += 1
             data: Any
+            switch = decode_vendor_switch(fields) if kind is Kind.STATUS else None
+            if switch is not None:
+                self._fan(ch, (Kind.VENDOR_SWITCHED, eid,
+                               json.dumps(switch, separators=(",", ":"))))
+                continue
             try:
                 data = decode_status(fields) if kind is Kind.STATUS else event_data(fields)
             except (InvalidInput, ValueError) as e:  # a hostile entry never stops the hub

@@ -52,7 +52,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -79,6 +79,7 @@ from voxq.records import SessionMeta, Status, decode_chunk, encode_chunk, encode
 from voxq.redis_conn import check_reachable, connect, connect_node, is_cluster_url, redact_url
 from voxq.sessions import CREATE_META, create_session, ensure_group, stamped
 from voxq.settings import Settings, get_settings
+from voxq.vendor_names import parse_fallback
 
 log = logging.getLogger("voxq.producer")
 
@@ -110,23 +111,29 @@ class ReplicasBehind(rexc.RedisError):
 def session_meta(session_id: str, vendor: str = "local", language: str = "en-US",
                  rate: int = 16000, channels: int = 1, chunk_ms: int = 100,
                  options: Mapping[str, Any] | None = None, webhook: str = "", *,
-                 webhook_finals: bool = False) -> SessionMeta:
+                 webhook_finals: bool = False,
+                 fallback: str | Sequence[str] = ()) -> SessionMeta:
     """Validate a new session's format, vendor and options without touching Redis; ``webhook``
     is a URL the API posts this session's end event to (signed with VOXQ_WEBHOOK_SECRET), and
-    each final too with ``webhook_finals``."""
+    each final too with ``webhook_finals``; ``fallback``: vendors to switch to, in order,
+    when ``vendor`` fails (``"aws,local"`` or a list; each runs with its default options)."""
     meta = SessionMeta(session_id=session_id, vendor=vendor, language=language, rate=rate,
                        channels=channels, chunk_ms=chunk_ms, options=dict(options or {}),
-                       webhook=webhook, webhook_finals=webhook_finals)
+                       webhook=webhook, webhook_finals=webhook_finals,
+                       fallback=parse_fallback(fallback, vendor))
     validate_vendor(meta)
     return meta
 
 
 def validate_vendor(meta: SessionMeta) -> None:
-    """Check vendor name and options with the vendor registry, so mistakes fail at the producer."""
+    """Check vendor name and options with the vendor registry, so mistakes fail at the producer;
+    each fallback vendor is checked with its default options."""
     try:
         from workers.vendors.registry import validate_session
 
         validate_session(meta.vendor, meta.language, meta.rate, meta.channels, meta.options)
+        for name in meta.fallback:
+            validate_session(name, meta.language, meta.rate, meta.channels, {})
     except ImportError as e:
         raise InvalidInput(f"vendor {meta.vendor!r} is not available here: {e}") from e
 
@@ -286,15 +293,16 @@ class Publisher:
     async def open(self, session_id: str, vendor: str = "local", language: str = "en-US",
                    rate: int = 16000, channels: int = 1, chunk_ms: int | None = None,
                    options: Mapping[str, Any] | None = None, webhook: str = "", *,
-                   webhook_finals: bool = False) -> SessionMeta:
+                   webhook_finals: bool = False,
+                   fallback: str | Sequence[str] = ()) -> SessionMeta:
         """Validate, then create the session in Redis and start the flush task; ``webhook``:
         a URL the API posts the session's end event to (and each final, with
-        ``webhook_finals``)."""
+        ``webhook_finals``); ``fallback``: vendors to switch to when ``vendor`` fails."""
         if self.meta is not None or self._closed:
             raise InvalidInput("this publisher has already been opened")
         meta = session_meta(session_id, vendor, language, rate, channels,
                             chunk_ms or self.settings.default_chunk_ms, options, webhook,
-                            webhook_finals=webhook_finals)
+                            webhook_finals=webhook_finals, fallback=fallback)
         r = connect(self.url, retry=Retry(NoBackoff(), 0), socket_timeout=self._socket_timeout())
         self._r = r
         try:
@@ -824,11 +832,12 @@ class SyncPublisher:
 
     def open(self, session_id: str, vendor: str = "local", language: str = "en-US",
              rate: int = 16000, channels: int = 1, chunk_ms: int | None = None,
-             options: Mapping[str, Any] | None = None) -> SessionMeta:
+             options: Mapping[str, Any] | None = None, *,
+             fallback: str | Sequence[str] = ()) -> SessionMeta:
         """Validate and create the session (see Publisher.open)."""
         try:
             return self._call(self._pub.open(session_id, vendor, language, rate, channels,
-                                             chunk_ms, options))
+                                             chunk_ms, options, fallback=fallback))
         except BaseException:
             self._shutdown()
             raise

@@ -31,6 +31,7 @@ from voxq.redis_conn import connect
 from voxq.sessions import ensure_group
 from voxq.settings import Settings
 from workers.audio_reader import AudioReader
+from workers.breaker import Breaker
 from workers.health_server import serve_health
 from workers.ownership import Checkpoint, Fenced, Ownership, SessionGone, checkpoint_from_meta
 from workers.pod_cost import UPDATE_INTERVAL_S, PodRef, keep_cost_current, pod_from_env
@@ -115,7 +116,8 @@ class Transcriber:
         self._r_read = connect(self.redis_url)  # the blocking XREADs get their own socket
         own = Ownership(self._r, self.keys, self.name)
         reader = AudioReader(self._r_read, window_ms=self.settings.read_window_ms)
-        ctx = Context(self._r, self.keys, self.settings, own, reader)
+        ctx = Context(self._r, self.keys, self.settings, own, reader,
+                      Breaker(own.batcher, self.keys, self.settings))
         r = self._r
         tasks: list[asyncio.Task[Any]] = []
         try:
