@@ -127,6 +127,8 @@ class WatermarkEmulator:
         self.key = key
         self.chunk_ms = chunk_ms
         self.faults = Faults()
+        #: a vendor outage: open connections are cut at their next frame, handshakes get 503
+        self.down = False
         self.connections: list[Connection] = []
         self.handshakes = 0
         self.port = free_port()
@@ -182,7 +184,7 @@ class WatermarkEmulator:
         with self._lock:
             n = self.handshakes
             self.handshakes += 1
-        status = self.faults.refuse_status(n)
+        status = 503 if self.down else self.faults.refuse_status(n)
         if status is not None:
             return conn.respond(status, "refused by test\n")
         scheme = "Token" if self.dialect == "deepgram" else "Bearer"
@@ -270,7 +272,7 @@ class WatermarkEmulator:
                 if stall_after is not None and c.frames >= stall_after:
                     c.closed_by_fault = True
                     await ws.wait_closed()  # reads nothing more, so pings go unanswered too
-                if drop_after is not None and c.frames >= drop_after:
+                if self.down or (drop_after is not None and c.frames >= drop_after):
                     c.closed_by_fault = True
                     ws.transport.abort()
                     return
