@@ -45,6 +45,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.render import event_data
+from voxq import backoff
 from voxq.errors import InvalidInput
 from voxq.keys import Keys
 from voxq.lifecycle import decode_lifecycle, decode_status, decode_vendor_switch
@@ -382,7 +383,7 @@ class EventHub:
 
     async def run(self) -> None:
         """Read until cancelled; Redis outages are retried with backoff, positions kept."""
-        backoff = 0.05
+        delays = backoff.REDIS.delays()
         if not self.cluster:
             self._reader = aioredis.Redis(connection_pool=self.routes.connection_pool.__class__(
                 connection_class=self.routes.connection_pool.connection_class,
@@ -397,14 +398,13 @@ class EventHub:
                     if self.status_check_seconds > 0 and time.monotonic() >= self._next_check:
                         self._next_check = time.monotonic() + self.status_check_seconds
                         await self.check_statuses()
-                    backoff = 0.05
+                    delays = backoff.REDIS.delays()
                 except REDIS_DOWN as e:
                     _reraise_if_cancelling()
                     self.errors += 1
                     self._reader_id = None
                     log.warning("hub: Redis unavailable (%s); retrying", e)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    await asyncio.sleep(next(delays))
                 except RedisError as e:
                     _reraise_if_cancelling()
                     self.errors += 1
@@ -412,8 +412,7 @@ class EventHub:
                     if self.cluster:
                         with contextlib.suppress(RedisError, OSError):
                             await self.routes.nodes_manager.initialize()  # type: ignore[attr-defined]
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    await asyncio.sleep(next(delays))
         finally:
             reader, self._reader = self._reader, None
             if reader is not None:

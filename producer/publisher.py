@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -64,6 +63,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from voxq.audio import Chunker, chunk_bytes_for
+from voxq.backoff import Backoff
 from voxq.errors import (
     InvalidAudio,
     InvalidInput,
@@ -239,6 +239,7 @@ class Publisher:
         self.retry_timeout = retry_timeout
         self.socket_timeout = socket_timeout
         self.backoff_min, self.backoff_max = backoff_min, backoff_max
+        self._backoff = Backoff(base=backoff_min, cap=max(backoff_min, backoff_max))
         self.stats = PublisherStats()
         self.meta: SessionMeta | None = None
         self._r: aioredis.Redis | None = None
@@ -568,7 +569,7 @@ class Publisher:
 
     async def _flush_loop(self) -> None:
         """Write everything queued as one pipeline; retry with backoff, resync when uncertain."""
-        backoff = self.backoff_min
+        delays = self._backoff.delays()
         failing_since: float | None = None
         uncertain = False
         while not self._aborted:
@@ -603,12 +604,12 @@ class Publisher:
                         f"of session {self.session_id!r} unwritten"))
                     return
                 uncertain = True
+                delay = next(delays)
                 log.warning("publish to %s failed (%s); retrying in %.2f s",
-                            redact_url(self.url), e, backoff)
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(backoff * 2, self.backoff_max)
+                            redact_url(self.url), e, delay)
+                await asyncio.sleep(delay)
                 continue
-            failing_since, backoff = None, self.backoff_min
+            failing_since, delays = None, self._backoff.delays()
 
     def _socket_timeout(self) -> float:
         """Socket timeout that leaves room for a WAIT to time out by itself first."""

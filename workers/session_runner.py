@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,7 +24,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from voxq import metrics
+from voxq import backoff, metrics
 from voxq.aio import cancel_and_wait
 from voxq.audio import Converter, decode_raw
 from voxq.errors import InvalidInput
@@ -71,15 +70,14 @@ class Context:
 
 async def redis_retry(fn: Callable[[], Awaitable[T]], what: str) -> T:
     """Run a Redis operation until it succeeds, backing off while Redis is unreachable."""
-    delay = 0.05
+    delays = backoff.REDIS.delays()
     while True:
         try:
             return await fn()
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
             metrics.REDIS_ERRORS.labels("worker").inc()
             log.warning("%s: Redis unavailable (%s); retrying", what, e)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            await asyncio.sleep(next(delays))
 
 
 class SessionRunner:
@@ -166,7 +164,7 @@ class SessionRunner:
                         await self._admit()
                         continue
                     if e.retryable and self.attempts < MAX_ATTEMPTS:
-                        delay = min(0.25 * 2 ** self.attempts, 15.0) * (0.5 + random.random() / 2)
+                        delay = backoff.VENDOR.compute(self.attempts - 1)
                         await self._reload()
                         log.warning("session %s: %s; retry %d in %.1fs from checkpoint %s",
                                     self.sid, e, self.attempts, delay, self.checkpoint.entry_id)

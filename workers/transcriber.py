@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from voxq import redaction
+from voxq import backoff, redaction
 from voxq.errors import InvalidInput
 from voxq.keys import TRANSCRIBERS_GROUP, Keys
 from voxq.records import SessionMeta, Status
@@ -167,6 +167,7 @@ class Transcriber:
         """Read new control entries (XREADGROUP) while there is capacity."""
         assert self._r is not None
         claim_r = connect(self.redis_url)  # XREADGROUP BLOCK holds its socket
+        delays = backoff.REDIS.delays()
         try:
             while not self.draining.is_set():
                 if self.free() <= 0:
@@ -184,8 +185,9 @@ class Transcriber:
                     raise
                 except REDIS_DOWN as e:
                     log.warning("claim: Redis unavailable (%s)", e)
-                    await asyncio.sleep(0.5)
+                    await asyncio.sleep(next(delays))
                     continue
+                delays = backoff.REDIS.delays()
                 for _key, entries in resp or ():
                     await self._start_many(ctx, entries, takeover=False)
         finally:
