@@ -11,17 +11,22 @@ so the decision is atomic across workers and runs unchanged on Redis Cluster.
 
 from __future__ import annotations
 
+import logging
 import time
 from enum import IntEnum
 
+from voxq import metrics
 from voxq.keys import Keys
 from voxq.settings import Settings
 from workers.batcher import Batcher, Script
 
+log = logging.getLogger(__name__)
+
 # KEYS: the vendor's breaker hash. ARGV: op (fail | admit | ok), now, window, threshold,
 # probe interval, ttl. Fields: start (window start), n (failures in it), open (opened at,
 # absent when closed), probe (last probe let through).
-# fail: count, open at the threshold; returns 1 if the breaker is open after it, else 0.
+# fail: count, open at the threshold; returns 2 if this failure opened it, 1 if it was open
+#       already, 0 if it is closed.
 # admit: 0 closed (use the vendor), 1 open but this session probes it, 2 open (skip it).
 # ok: the vendor answered: delete the hash (closed, count reset) if it was open; returns 1
 #     if it was open.
@@ -34,13 +39,13 @@ if op == 'fail' then
     redis.call('HSET', KEYS[1], 'start', ARGV[2], 'n', 0)
   end
   local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
-  local opened = redis.call('HGET', KEYS[1], 'open')
-  if not opened and n >= tonumber(ARGV[4]) then
+  local rc = redis.call('HEXISTS', KEYS[1], 'open')
+  if rc == 0 and n >= tonumber(ARGV[4]) then
     redis.call('HSET', KEYS[1], 'open', ARGV[2], 'probe', ARGV[2])
-    opened = ARGV[2]
+    rc = 2
   end
   redis.call('EXPIRE', KEYS[1], ttl)
-  return opened and 1 or 0
+  return rc
 elseif op == 'admit' then
   if not redis.call('HGET', KEYS[1], 'open') then return 0 end
   local probe = tonumber(redis.call('HGET', KEYS[1], 'probe') or '0')
@@ -87,7 +92,12 @@ class Breaker:
 
     async def failed(self, vendor: str) -> bool:
         """Count one failure of ``vendor``; True if its breaker is open now."""
-        return bool(await self._op("fail", vendor))
+        rc = await self._op("fail", vendor)
+        if rc == 2:
+            metrics.BREAKER_TRIPS.labels(vendor).inc()
+            log.warning("the %s circuit breaker opened: %d failures within %g s across the "
+                        "fleet", vendor, self.threshold, self.window)
+        return rc > 0
 
     async def admit(self, vendor: str) -> Admission:
         """Whether a session may start on ``vendor`` now (and whether it is the probe)."""

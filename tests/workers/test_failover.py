@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from tests.emulators.watermark import WatermarkEmulator, expected_words, watermark_pcm
 from tests.support import create, publish, wait_finished, wait_status
+from voxq import metrics
 from voxq.aio import within
 from voxq.embedded_redis import free_port
 from voxq.keys import Keys
@@ -217,7 +218,10 @@ async def test_breaker_counts_opens_probes_and_closes(r: aioredis.Redis, keys: K
     try:
         assert [await b.failed("deepgram") for _ in range(2)] == [False, False]
         assert await other.admit("deepgram") is Admission.CLOSED
+        trips = metrics.BREAKER_TRIPS.labels("deepgram")._value.get()
         assert await other.failed("deepgram") is True  # the third failure, on another worker
+        assert await b.failed("deepgram") is True  # still open; opened once
+        assert metrics.BREAKER_TRIPS.labels("deepgram")._value.get() == trips + 1
         assert await b.admit("deepgram") is Admission.OPEN  # no probe yet: interval not over
         assert await b.admit("aws") is Admission.CLOSED  # one breaker per vendor
         await r.hset(keys.breaker("deepgram"), "probe", 0)  # the probe interval has passed
