@@ -41,6 +41,21 @@ class Status(StrEnum):
         return self in (Status.FINISHED, Status.FAILED, Status.ABANDONED)
 
 
+class JobStatus(StrEnum):
+    """Where a TTS job is in its life (the records are in voxq/tts_jobs.py); ``finished`` and
+    ``failed`` mean what they mean for a session."""
+
+    QUEUED = "queued"
+    STARTED = "started"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job will not change any more."""
+        return self in (JobStatus.FINISHED, JobStatus.FAILED)
+
+
 def _s(v: object) -> str:
     return bytes(v).decode() if isinstance(v, bytes | bytearray | memoryview) else str(v)
 
