@@ -42,9 +42,9 @@ class RawConfig:
     vendor: str = "local"
     language: str = "en-US"
     options: dict[str, Any] = field(default_factory=dict)
-    fallback: tuple[str, ...] = ()
     results: bool = False
     resume: bool = False
+    fallback: tuple[str, ...] = ()  # vendors to switch to when ``vendor`` fails
 
     def spec(self) -> SessionSpec:
         """The session this configuration asks for (the bus carries the client's own rate)."""
