@@ -211,6 +211,16 @@ async def run(args: argparse.Namespace, faults: bool) -> dict[str, Any]:
     await asyncio.gather(*producers)
     if chaos_task:
         await chaos_task
+    late: list[str] = []
+    if faults and outages and args.late_sessions:
+        # after the outage: once the probe interval has passed, new sessions probe the primary,
+        # the first final closes its breaker, and the rest run on it again
+        await asyncio.sleep(args.probe_seconds + 1.0)
+        late = [f"late{i:02d}" for i in range(args.late_sessions)]
+        late_chunks = int(args.late_seconds / CHUNK_S)
+        for sid in late:
+            await publish_session(redis.url, settings, sid, late_chunks, acked)
+        sids += late
     deadline = time.monotonic() + 120 + args.seconds
     results: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -226,6 +236,7 @@ async def run(args: argparse.Namespace, faults: bool) -> dict[str, Any]:
     sampling.cancel()
     exact = lost_words = dup_words = complete = 0
     switch_s: list[float] = []
+    late_on_primary = 0
     by_vendor: Counter[str] = Counter()
     for sid in sids:
         meta = await get_meta(r, keys, sid)
@@ -235,10 +246,13 @@ async def run(args: argparse.Namespace, faults: bool) -> dict[str, Any]:
             started = [t for t in outages if t <= at]
             if ev is not None and ev["from"] == "deepgram" and started:
                 switch_s.append(at - started[-1])
+        vendors = {t.vendor or "?" for _, t in await read_finals(r, keys, sid)}
         by_vendor.update(t.vendor or "?" for _, t in await read_finals(r, keys, sid))
+        if sid in late and vendors == {"deepgram"}:
+            late_on_primary += 1
         words = [w for _, t in await read_finals(r, keys, sid) for w in t.text.split()]
         idx = [int(w[1:]) for w in words if w.startswith("w")]
-        expected = acked.get(sid, n_chunks)
+        expected = acked[sid] if sid in acked else n_chunks
         counts = Counter(idx)
         dup_words += sum(c - 1 for c in counts.values() if c > 1)
         lost_words += sum(1 for i in range(expected) if i not in counts)
@@ -268,6 +282,7 @@ async def run(args: argparse.Namespace, faults: bool) -> dict[str, Any]:
                             "n": len(switch_s)},
         "finals_by_vendor": dict(by_vendor),
         "breaker_open_at_end": bool(breaker_open),
+        "late_sessions": {"n": len(late), "on_primary_only": late_on_primary},
         "peak_rss_mib_per_worker": round(max(fleet.peak_kib.values(), default=0) / 1024, 1),
         "faults": dict(injected), "wall_s": round(t_done, 1),
         "vendor_connections": {"deepgram": len(primary.connections),
@@ -293,6 +308,10 @@ def main() -> None:
                     help="VOXQ_BREAKER_THRESHOLD of the workers")
     ap.add_argument("--probe-seconds", type=float, default=3.0,
                     help="VOXQ_BREAKER_PROBE_SECONDS of the workers")
+    ap.add_argument("--late-sessions", type=int, default=3,
+                    help="sessions started one after another once the outage is over (they "
+                         "should probe the primary, close its breaker and stay on it)")
+    ap.add_argument("--late-seconds", type=float, default=5.0, help="audio per late session")
     ap.add_argument("--drop-rate", type=float, default=0.1, help="share of vendor sockets dropped")
     ap.add_argument("--stagger", type=float, default=5.0, help="seconds over which sessions start")
     ap.add_argument("--seed", type=int, default=7)
