@@ -4,6 +4,8 @@ finals, and the stream still ends with the terminal status."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import redis.asyncio as aioredis
 from apitest_support import LiveServer, add_final, add_session, set_status
@@ -46,3 +48,12 @@ async def test_followers_see_the_vendor_switch_in_order(live: LiveServer, r: aio
         assert (meta.active_vendor, meta.vendor_switches) == ("aws", 1)
     finally:
         await own.aclose()
+
+
+def test_segments_name_their_vendor_when_the_final_does() -> None:
+    from api.transcript_formats import segment_dict
+    from voxq.records import Transcript
+
+    t = Transcript(text="w0", is_final=True, start=0.0, end=0.1, seq=0)
+    assert "vendor" not in segment_dict(t, 0)  # finals written before vendors were recorded
+    assert segment_dict(replace(t, vendor="aws"), 0)["vendor"] == "aws"
