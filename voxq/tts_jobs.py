@@ -36,7 +36,6 @@ RqStatusReader = Callable[[str], Awaitable[str | None]]
 """Reads RQ's own status of a job (from the Redis RQ uses)."""
 
 
-
 TERMINAL = frozenset(s for s in Status if s.terminal)
 
 
@@ -50,7 +49,6 @@ class TooManyItems(InvalidInput):
 
 class UnknownJob(VoxqError, LookupError):
     """No TTS job or batch with this id (never existed, or expired)."""
-
 
 
 # --- request ------------------------------------------------------------------------------------
@@ -69,8 +67,6 @@ class TtsRequest(BaseModel):
     sample_rate: int = Field(default=24000, description="Output sample rate in Hz.")
     format: Literal["mp3"] = Field(default="mp3", description="Output format.")
     cache: bool = Field(default=True, description="false: synthesise afresh even if cached.")
-
-
 
 
 class PlannedJob(Protocol):
