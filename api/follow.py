@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from api.hub import REDIS_DOWN, EventHub, Follower, Kind
 from api.render import event_data
 from api.sse import Cursor, stream_id_key
+from voxq import backoff
 from voxq.errors import InvalidInput, RedisUnavailable
 from voxq.keys import Keys
 from voxq.lifecycle import decode_status
@@ -38,8 +39,8 @@ SLOW_MESSAGE = ("this follower fell too far behind and was cut off; reconnect wi
 
 @dataclass(frozen=True, slots=True)
 class LiveEvent:
-    """One event for a client: ``partial``, ``final``, ``status`` or ``error`` (cut off),
-    its resumable id and its JSON data."""
+    """One event for a client: ``partial``, ``final``, ``status``, ``vendor_switched`` or
+    ``error`` (cut off), its resumable id and its JSON data."""
 
     kind: str
     id: str
@@ -110,7 +111,7 @@ class SessionFollow:
         """A read, retried with backoff while Redis is unreachable (a restart or failover),
         for up to ``retry_seconds``; then RedisUnavailable."""
         deadline = time.monotonic() + self.retry_seconds
-        backoff = 0.05
+        delays = backoff.REDIS.delays()
         while True:
             try:
                 async with self.gate:  # leaves pooled connections free for request routes
@@ -119,10 +120,10 @@ class SessionFollow:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise asyncio.CancelledError from e
-                if time.monotonic() + backoff > deadline:
+                delay = next(delays)
+                if time.monotonic() + delay > deadline:
                     raise RedisUnavailable(f"Redis unreachable: {e}") from e
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
+                await asyncio.sleep(delay)
 
     async def _range(self, key: str, after: str, upto: str, count: int) -> list[Any]:
         got: Any = await self._retrying(
@@ -226,6 +227,10 @@ class SessionFollow:
                     continue
                 if kind is Kind.GONE:
                     return
+                if kind is Kind.VENDOR_SWITCHED:
+                    assert self.cursor is not None
+                    yield LiveEvent(kind.value, self.cursor.event_id, data)
+                    continue
                 assert self.cursor is not None
                 if kind is Kind.FINAL:
                     if not _after(eid, self.cursor.final):

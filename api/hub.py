@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import OrderedDict, deque
@@ -44,9 +45,10 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.render import event_data
+from voxq import backoff
 from voxq.errors import InvalidInput
 from voxq.keys import Keys
-from voxq.lifecycle import decode_lifecycle, decode_status
+from voxq.lifecycle import decode_lifecycle, decode_status, decode_vendor_switch
 from voxq.records import Status
 
 log = logging.getLogger("voxq.api.hub")
@@ -71,6 +73,7 @@ class Kind(StrEnum):
     STATUS = "status"  # data: (Status, error)
     GONE = "gone"  # the session's meta no longer exists
     LIFECYCLE = "lifecycle"  # data: the event's dict (firehose)
+    VENDOR_SWITCHED = "vendor_switched"  # data: rendered JSON (from, vendor, reason)
 
 
 #: one fanned-out item: (kind, stream id, data); data is rendered JSON for final/partial
@@ -281,6 +284,11 @@ class EventHub:
             ch.pos[idx] = eid
             self.entries += 1
             data: Any
+            switch = decode_vendor_switch(fields) if kind is Kind.STATUS else None
+            if switch is not None:
+                self._fan(ch, (Kind.VENDOR_SWITCHED, eid,
+                               json.dumps(switch, separators=(",", ":"))))
+                continue
             try:
                 data = decode_status(fields) if kind is Kind.STATUS else event_data(fields)
             except (InvalidInput, ValueError) as e:  # a hostile entry never stops the hub
@@ -375,7 +383,7 @@ class EventHub:
 
     async def run(self) -> None:
         """Read until cancelled; Redis outages are retried with backoff, positions kept."""
-        backoff = 0.05
+        delays = backoff.REDIS.delays()
         if not self.cluster:
             self._reader = aioredis.Redis(connection_pool=self.routes.connection_pool.__class__(
                 connection_class=self.routes.connection_pool.connection_class,
@@ -390,14 +398,13 @@ class EventHub:
                     if self.status_check_seconds > 0 and time.monotonic() >= self._next_check:
                         self._next_check = time.monotonic() + self.status_check_seconds
                         await self.check_statuses()
-                    backoff = 0.05
+                    delays = backoff.REDIS.delays()
                 except REDIS_DOWN as e:
                     _reraise_if_cancelling()
                     self.errors += 1
                     self._reader_id = None
                     log.warning("hub: Redis unavailable (%s); retrying", e)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    await asyncio.sleep(next(delays))
                 except RedisError as e:
                     _reraise_if_cancelling()
                     self.errors += 1
@@ -405,8 +412,7 @@ class EventHub:
                     if self.cluster:
                         with contextlib.suppress(RedisError, OSError):
                             await self.routes.nodes_manager.initialize()  # type: ignore[attr-defined]
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    await asyncio.sleep(next(delays))
         finally:
             reader, self._reader = self._reader, None
             if reader is not None:

@@ -25,12 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.json_body import JsonLimits, read_model
 from api.models import BatchAccepted, JobAccepted
 from api.state import ApiState, api_state, redis_of
+from voxq import tts_jobs as jobs
 from voxq.errors import InvalidInput
 from voxq.redis_conn import connect_sync, rq_url
 from voxq.settings import Settings
-from workers.tts import jobs
+from voxq.tts_jobs import TextTooLong, TtsRequest, UnknownJob
 from workers.tts.cache import TtsCache
-from workers.tts.jobs import Plan, TextTooLong, TtsRequest, UnknownJob
+from workers.tts.jobs import Plan, finish_from_cache, plan
 
 router = APIRouter()
 State = Annotated[ApiState, Depends(api_state)]
@@ -67,7 +68,7 @@ def batch_limits(settings: Settings) -> JsonLimits:
 def _plan(req: TtsRequest, state: ApiState, where: str = "") -> Plan:
     """Validate one request: 413 for too much text, 422 for anything else wrong."""
     try:
-        return jobs.plan(req, state.settings)
+        return plan(req, state.settings)
     except TextTooLong as e:
         raise HTTPException(413, f"{where}{e}") from None
     except InvalidInput as e:
@@ -122,7 +123,7 @@ async def _submit(request: Request, state: ApiState, plans: list[Plan],
     await jobs.create_records(r, state.keys, list(zip(ids, plans, strict=True)), ttl,
                               batch_id=batch_id)
     for i, mp3 in hits.items():
-        await jobs.finish_from_cache(r, state.keys, ids[i], mp3, ttl)
+        await finish_from_cache(r, state.keys, ids[i], mp3, ttl)
     todo = [(ids[i], len(p.synthesis.text)) for i, p in enumerate(plans) if i not in hits]
     if todo:
         conn = _rq_connection(request, state)

@@ -41,8 +41,9 @@ def word_dict(w: Word) -> dict[str, Any]:
 
 
 def segment_dict(t: Transcript, index: int) -> dict[str, Any]:
-    """One segment as a JSON object; `seq` falls back to its position when the entry has none."""
-    return {
+    """One segment as a JSON object; `seq` falls back to its position when the entry has none;
+    `vendor` (which vendor recognised it; a session may fail over) when the final names one."""
+    d: dict[str, Any] = {
         "seq": t.seq if t.seq is not None else index,
         "text": t.text,
         "start": t.start,
@@ -51,6 +52,9 @@ def segment_dict(t: Transcript, index: int) -> dict[str, Any]:
         "speaker": t.speaker,
         "words": [word_dict(w) for w in t.words],
     }
+    if t.vendor is not None:
+        d["vendor"] = t.vendor
+    return d
 
 
 def clean_text(text: str) -> str:

@@ -39,7 +39,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import random
 import time
 import uuid
 from collections.abc import Iterable
@@ -53,6 +52,8 @@ from redis.exceptions import RedisError
 
 from api.transcript_formats import segment_dict
 from voxq import webhook_sign
+from voxq.backoff import REDIS as REDIS_BACKOFF
+from voxq.backoff import Backoff
 from voxq.errors import InvalidInput, MalformedRecord
 from voxq.keys import Keys
 from voxq.lifecycle import LifecycleEvent, decode_lifecycle
@@ -205,8 +206,9 @@ def subscription_secret(master: str, sub_id: str) -> str:
 
 
 def backoff(attempts: int, base: float, cap: float = 3600.0) -> float:
-    """Seconds before the next attempt after ``attempts`` failed ones (with jitter)."""
-    return min(cap, base * 2 ** max(0, attempts - 1)) * (0.75 + random.random() / 2)
+    """Seconds before the next delivery attempt after ``attempts`` failed ones: voxq's one
+    strategy (equal jitter) on the delivery schedule's base and cap."""
+    return Backoff(base=min(base, cap), cap=cap).compute(attempts - 1)
 
 
 class WebhookDispatcher:
@@ -501,7 +503,7 @@ class WebhookDispatcher:
 
     async def run(self) -> None:
         """Enqueue and deliver until stopped; Redis outages are retried."""
-        backoff_s = 0.1
+        delays = REDIS_BACKOFF.delays()
         async with httpx.AsyncClient(timeout=self.settings.webhook_timeout_seconds,
                                      follow_redirects=False) as client:
             while not self._stopping:
@@ -510,23 +512,21 @@ class WebhookDispatcher:
                     break
                 except (RedisError, OSError) as e:
                     log.warning("webhooks: Redis unavailable (%s); retrying", e)
-                    await asyncio.sleep(backoff_s)
-                    backoff_s = min(backoff_s * 2, 2.0)
+                    await asyncio.sleep(next(delays))
             while not self._stopping:
                 try:
                     await self.enqueue_new()
                     await self.follow_finals()
                     while await self.deliver_due(client):
                         pass
-                    backoff_s = 0.1
+                    delays = REDIS_BACKOFF.delays()
                     await asyncio.sleep(self.poll_seconds)
                 except (RedisError, OSError) as e:
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
                         raise
                     log.warning("webhooks: Redis unavailable (%s); retrying", e)
-                    await asyncio.sleep(backoff_s)
-                    backoff_s = min(backoff_s * 2, 2.0)
+                    await asyncio.sleep(next(delays))
 
     async def stop(self, task: asyncio.Task[None], timeout: float = 10.0) -> bool:
         """Stop the loop (flag and cancel, cancelling again until it ends)."""

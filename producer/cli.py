@@ -338,7 +338,7 @@ async def _produce(url: str, meta: SessionMeta, source: Source, signals: _Signal
     sid = meta.session_id
     pub = Publisher(url, settings=settings)
     await pub.open(sid, meta.vendor, meta.language, meta.rate, meta.channels, meta.chunk_ms,
-                   meta.options)
+                   meta.options, fallback=meta.fallback)
     signals.before_open = None
     if signals.got:  # a signal during open: the session exists, end it properly below
         signals.first.set()
@@ -482,7 +482,7 @@ def run(args: argparse.Namespace) -> int:
     channels = session_channels(args)
     meta = session_meta(sid, args.vendor, args.language, args.rate, channels,
                         args.chunk_ms or settings.default_chunk_ms, options, args.webhook,
-                        webhook_finals=args.webhook_finals)
+                        webhook_finals=args.webhook_finals, fallback=args.fallback)
     source = open_source(args, meta, settings)
     with redis_url(settings) as url:
         return asyncio.run(produce(url, meta, source, realtime=not args.fast,
@@ -499,6 +499,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="audio file (WAV, FLAC, OGG, MP3, …) or - for raw PCM on stdin")
     p.add_argument("--session", metavar="ID", help="session id (default: a new uuid4 hex)")
     p.add_argument("--vendor", default="local", help="recognition vendor (default: local)")
+    p.add_argument("--fallback", default="", metavar="VENDOR[,VENDOR…]",
+                   help="vendors to switch to, in order, when --vendor fails for good or "
+                        "exhausts VOXQ_FAILOVER_ATTEMPTS / VOXQ_FAILOVER_SECONDS (at most 4; "
+                        "each runs with its default options)")
     p.add_argument("--language", default="en-US", help="language code (default: en-US)")
     p.add_argument("--webhook", default="", metavar="URL",
                    help="POST this session's end event (finished/failed/abandoned) to URL, "

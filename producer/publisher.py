@@ -48,11 +48,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -64,6 +63,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from voxq.audio import Chunker, chunk_bytes_for
+from voxq.backoff import Backoff
 from voxq.errors import (
     InvalidAudio,
     InvalidInput,
@@ -79,6 +79,7 @@ from voxq.records import SessionMeta, Status, decode_chunk, encode_chunk, encode
 from voxq.redis_conn import check_reachable, connect, connect_node, is_cluster_url, redact_url
 from voxq.sessions import CREATE_META, create_session, ensure_group, stamped
 from voxq.settings import Settings, get_settings
+from voxq.vendor_names import parse_fallback
 
 log = logging.getLogger("voxq.producer")
 
@@ -110,23 +111,29 @@ class ReplicasBehind(rexc.RedisError):
 def session_meta(session_id: str, vendor: str = "local", language: str = "en-US",
                  rate: int = 16000, channels: int = 1, chunk_ms: int = 100,
                  options: Mapping[str, Any] | None = None, webhook: str = "", *,
-                 webhook_finals: bool = False) -> SessionMeta:
+                 webhook_finals: bool = False,
+                 fallback: str | Sequence[str] = ()) -> SessionMeta:
     """Validate a new session's format, vendor and options without touching Redis; ``webhook``
     is a URL the API posts this session's end event to (signed with VOXQ_WEBHOOK_SECRET), and
-    each final too with ``webhook_finals``."""
+    each final too with ``webhook_finals``; ``fallback``: vendors to switch to, in order,
+    when ``vendor`` fails (``"aws,local"`` or a list; each runs with its default options)."""
     meta = SessionMeta(session_id=session_id, vendor=vendor, language=language, rate=rate,
                        channels=channels, chunk_ms=chunk_ms, options=dict(options or {}),
-                       webhook=webhook, webhook_finals=webhook_finals)
+                       webhook=webhook, webhook_finals=webhook_finals,
+                       fallback=parse_fallback(fallback, vendor))
     validate_vendor(meta)
     return meta
 
 
 def validate_vendor(meta: SessionMeta) -> None:
-    """Check vendor name and options with the vendor registry, so mistakes fail at the producer."""
+    """Check vendor name and options with the vendor registry, so mistakes fail at the producer;
+    each fallback vendor is checked with its default options."""
     try:
         from workers.vendors.registry import validate_session
 
         validate_session(meta.vendor, meta.language, meta.rate, meta.channels, meta.options)
+        for name in meta.fallback:
+            validate_session(name, meta.language, meta.rate, meta.channels, {})
     except ImportError as e:
         raise InvalidInput(f"vendor {meta.vendor!r} is not available here: {e}") from e
 
@@ -232,6 +239,7 @@ class Publisher:
         self.retry_timeout = retry_timeout
         self.socket_timeout = socket_timeout
         self.backoff_min, self.backoff_max = backoff_min, backoff_max
+        self._backoff = Backoff(base=backoff_min, cap=max(backoff_min, backoff_max))
         self.stats = PublisherStats()
         self.meta: SessionMeta | None = None
         self._r: aioredis.Redis | None = None
@@ -286,15 +294,16 @@ class Publisher:
     async def open(self, session_id: str, vendor: str = "local", language: str = "en-US",
                    rate: int = 16000, channels: int = 1, chunk_ms: int | None = None,
                    options: Mapping[str, Any] | None = None, webhook: str = "", *,
-                   webhook_finals: bool = False) -> SessionMeta:
+                   webhook_finals: bool = False,
+                   fallback: str | Sequence[str] = ()) -> SessionMeta:
         """Validate, then create the session in Redis and start the flush task; ``webhook``:
         a URL the API posts the session's end event to (and each final, with
-        ``webhook_finals``)."""
+        ``webhook_finals``); ``fallback``: vendors to switch to when ``vendor`` fails."""
         if self.meta is not None or self._closed:
             raise InvalidInput("this publisher has already been opened")
         meta = session_meta(session_id, vendor, language, rate, channels,
                             chunk_ms or self.settings.default_chunk_ms, options, webhook,
-                            webhook_finals=webhook_finals)
+                            webhook_finals=webhook_finals, fallback=fallback)
         r = connect(self.url, retry=Retry(NoBackoff(), 0), socket_timeout=self._socket_timeout())
         self._r = r
         try:
@@ -560,7 +569,7 @@ class Publisher:
 
     async def _flush_loop(self) -> None:
         """Write everything queued as one pipeline; retry with backoff, resync when uncertain."""
-        backoff = self.backoff_min
+        delays = self._backoff.delays()
         failing_since: float | None = None
         uncertain = False
         while not self._aborted:
@@ -595,12 +604,12 @@ class Publisher:
                         f"of session {self.session_id!r} unwritten"))
                     return
                 uncertain = True
+                delay = next(delays)
                 log.warning("publish to %s failed (%s); retrying in %.2f s",
-                            redact_url(self.url), e, backoff)
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(backoff * 2, self.backoff_max)
+                            redact_url(self.url), e, delay)
+                await asyncio.sleep(delay)
                 continue
-            failing_since, backoff = None, self.backoff_min
+            failing_since, delays = None, self._backoff.delays()
 
     def _socket_timeout(self) -> float:
         """Socket timeout that leaves room for a WAIT to time out by itself first."""
@@ -824,11 +833,12 @@ class SyncPublisher:
 
     def open(self, session_id: str, vendor: str = "local", language: str = "en-US",
              rate: int = 16000, channels: int = 1, chunk_ms: int | None = None,
-             options: Mapping[str, Any] | None = None) -> SessionMeta:
+             options: Mapping[str, Any] | None = None, *,
+             fallback: str | Sequence[str] = ()) -> SessionMeta:
         """Validate and create the session (see Publisher.open)."""
         try:
             return self._call(self._pub.open(session_id, vendor, language, rate, channels,
-                                             chunk_ms, options))
+                                             chunk_ms, options, fallback=fallback))
         except BaseException:
             self._shutdown()
             raise

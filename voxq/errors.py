@@ -1,4 +1,30 @@
-"""The few named errors the core raises; every user-facing failure is one of these."""
+"""The few named errors voxq raises; every user-facing failure is one of these.
+
+The tree (core classes here; the worker's vendor errors and a few local ones hang from it)::
+
+    VoxqError
+    ├── InvalidInput (ValueError)        the caller's mistake: a 4xx, a CLI message, nothing changed
+    │   ├── InvalidSessionId
+    │   ├── InvalidAudio
+    │   ├── VendorOptionError            workers.vendors.base: an option the vendor refuses
+    │   │                                (UnknownVendor in workers.vendors.registry likewise)
+    │   └── MalformedRecord              a record stored in Redis that cannot be decoded: a
+    │                                    faulty or hostile writer's, never this caller's (the API
+    │                                    answers it apart, as stored data)
+    ├── ConfigError                      the process's own configuration
+    ├── UnknownSession (LookupError)     404
+    ├── SessionExists                    409
+    ├── RedisUnavailable (ConnectionError)
+    │   └── PublishFailed                producer.publisher
+    ├── SessionFailed                    the session ended while its producer still published
+    └── VendorError                      workers.vendors.base; ``retryable`` says if a new
+        ├── VendorRetryable              attempt can succeed (a retry, then failover)
+        └── VendorRejected               the vendor refused the request: failover at once
+            └── VendorAuthError          credentials missing, wrong or expired
+
+MalformedRecord still derives from InvalidInput, so every path that refuses bad input refuses
+a bad record too; code that must tell them apart catches MalformedRecord first.
+"""
 
 from __future__ import annotations
 

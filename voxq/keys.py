@@ -78,6 +78,11 @@ class Keys:
         """Sorted set: sessions a worker currently drives, scored by last claim refresh."""
         return f"{self.prefix}:live"
 
+    def breaker(self, vendor: str) -> str:
+        """Hash: one vendor's fleet-wide circuit breaker (failures in the current window, when
+        it opened, the last probe); its own hash tag, so its script runs on one slot."""
+        return f"{self.prefix}:{{breaker:{validate_session_id(vendor)}}}"
+
     def tts(self, job: str) -> str:
         """Hash: a TTS job's MP3 bytes and metadata."""
         return f"{self.prefix}:tts:{validate_session_id(job)}"

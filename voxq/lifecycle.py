@@ -81,6 +81,20 @@ def decode_status(fields: Any) -> tuple[Status, str]:
         raise InvalidInput(f"malformed status entry {d!r:.80}") from None
 
 
+def decode_vendor_switch(fields: Any) -> dict[str, str] | None:
+    """The ``vendor_switched`` event a status stream entry carries (``from``, ``vendor``,
+    ``reason``), None for an ordinary status change."""
+    if isinstance(fields, Mapping):
+        d = {_s(k): _s(v) for k, v in fields.items()}
+    else:
+        flat = list(fields)
+        d = {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+    if d.get("event") != "vendor_switched":
+        return None
+    return {"from": d.get("from", ""), "vendor": d.get("vendor", ""),
+            "reason": d.get("reason", "")}
+
+
 async def announce(r: aioredis.Redis, keys: Keys, sid: str, status: Status, error: str = "",
                    vendor: str = "") -> None:
     """Append one lifecycle event (producer and tests; the worker batches its own)."""

@@ -19,6 +19,14 @@ RELAY_LATENCY = Histogram(
 VENDOR_CONNECTS = Counter("voxq_vendor_connects", "Vendor sessions opened", ["vendor"])
 VENDOR_RECONNECTS = Counter("voxq_vendor_reconnects",
                             "Vendor sessions reopened after a failure", ["vendor"])
+VENDOR_SWITCHES = Counter("voxq_vendor_switches",
+                          "Sessions switched from a failing vendor to their next fallback",
+                          ["from_vendor", "to_vendor"])
+BREAKER_TRIPS = Counter("voxq_breaker_trips", "Vendor circuit breakers this worker tripped",
+                        ["vendor"])
+BREAKER_SKIPS = Counter("voxq_breaker_skips",
+                        "New sessions started on a fallback because their vendor's breaker was "
+                        "open", ["vendor"])
 VENDOR_ERRORS = Counter("voxq_vendor_errors", "Vendor errors by class", ["vendor", "kind"])
 TTS_JOBS = Counter("voxq_tts_jobs", "TTS job runs ended", ["status"])
 TTS_JOB_DURATION = Histogram(

@@ -17,6 +17,7 @@ from typing import Any
 
 from voxq.errors import InvalidAudio, InvalidInput, MalformedRecord
 from voxq.keys import validate_session_id
+from voxq.vendor_names import parse_fallback
 
 MIN_RATE, MAX_RATE = 8000, 48000
 MIN_CHUNK_MS, MAX_CHUNK_MS = 20, 200
@@ -38,6 +39,21 @@ class Status(StrEnum):
     def terminal(self) -> bool:
         """True once nothing more will be written to the session."""
         return self in (Status.FINISHED, Status.FAILED, Status.ABANDONED)
+
+
+class JobStatus(StrEnum):
+    """Where a TTS job is in its life (the records are in voxq/tts_jobs.py); ``finished`` and
+    ``failed`` mean what they mean for a session."""
+
+    QUEUED = "queued"
+    STARTED = "started"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job will not change any more."""
+        return self in (JobStatus.FINISHED, JobStatus.FAILED)
 
 
 def _s(v: object) -> str:
@@ -81,6 +97,10 @@ class SessionMeta:
     bad_chunks: int = 0  # audio entries the worker could not use (counted, never silent)
     webhook: str = ""  # the producer's URL for this session's end events ("" for none)
     webhook_finals: bool = False  # the session's webhook also gets each final (transcript.final)
+    #: vendors to switch to, in order, when ``vendor`` fails (options apply to ``vendor`` only)
+    fallback: tuple[str, ...] = ()
+    active_vendor: str = ""  # the vendor the worker uses now ("": ``vendor``); set on a switch
+    vendor_switches: int = 0  # how many times the session switched vendor
 
     def __post_init__(self) -> None:
         validate_session_id(self.session_id)
@@ -105,11 +125,26 @@ class SessionMeta:
             )
         if not self.vendor or len(self.vendor) > 64:
             raise InvalidInput("vendor name must be 1-64 characters")
+        # a list or "aws,local" becomes the checked tuple (frozen: set through object)
+        object.__setattr__(self, "fallback", parse_fallback(self.fallback, self.vendor))
+        if self.active_vendor and self.active_vendor not in self.vendors:
+            raise InvalidInput(f"active vendor {self.active_vendor[:64]!r} is neither the "
+                               "session's vendor nor one of its fallbacks")
         if not self.language or len(self.language) > 35:
             raise InvalidInput(f"language must be {LANGUAGE_RE_DOC}")
         for name in ("created", "audio_seconds", "updated"):
             if not math.isfinite(getattr(self, name)):
                 raise InvalidInput(f"{name} must be a finite number")
+
+    @property
+    def vendors(self) -> tuple[str, ...]:
+        """The vendor and its fallbacks, in the order a failing session tries them."""
+        return (self.vendor, *self.fallback)
+
+    @property
+    def current_vendor(self) -> str:
+        """The vendor the session runs on now."""
+        return self.active_vendor or self.vendor
 
     @property
     def bytes_per_second(self) -> int:
@@ -143,6 +178,9 @@ class SessionMeta:
             "bad_chunks": str(self.bad_chunks),
             **({"webhook": self.webhook} if self.webhook else {}),
             **({"webhook_finals": "1"} if self.webhook_finals else {}),
+            **({"fallback": ",".join(self.fallback)} if self.fallback else {}),
+            **({"active_vendor": self.active_vendor} if self.active_vendor else {}),
+            **({"vendor_switches": str(self.vendor_switches)} if self.vendor_switches else {}),
         }
 
     @classmethod
@@ -199,6 +237,9 @@ class SessionMeta:
                 bad_chunks=num("bad_chunks", int, "0"),
                 webhook=d.get("webhook", ""),
                 webhook_finals=d.get("webhook_finals", "") == "1",
+                fallback=parse_fallback(d.get("fallback", ""), d.get("vendor", "local")),
+                active_vendor=d.get("active_vendor", ""),
+                vendor_switches=num("vendor_switches", int, "0"),
             )
         except MalformedRecord:
             raise
@@ -277,6 +318,7 @@ class Transcript:
     words: tuple[Word, ...] = ()
     result_id: str | None = None
     seq: int | None = None  # index of a final within the session, set when written
+    vendor: str | None = None  # the vendor that produced a written final
 
     def shifted(self, seconds: float) -> Transcript:
         """The same result with every time moved by ``seconds`` (vendor roll-over re-basing)."""
@@ -313,6 +355,8 @@ def encode_transcript(t: Transcript) -> dict[str, str]:
         f["rid"] = t.result_id
     if t.seq is not None:
         f["seq"] = str(t.seq)
+    if t.vendor is not None:
+        f["vendor"] = t.vendor
     return f
 
 
@@ -329,6 +373,7 @@ def decode_transcript(fields: Mapping[Any, Any]) -> Transcript:
         spk = _field(fields, "spk")
         rid = _field(fields, "rid")
         seq = _field(fields, "seq")
+        vendor = _field(fields, "vendor")
         start = float(_field(fields, "start"))
         end = float(_field(fields, "end"))
         if not (math.isfinite(start) and math.isfinite(end)):
@@ -343,6 +388,7 @@ def decode_transcript(fields: Mapping[Any, Any]) -> Transcript:
             words=words,
             result_id=None if rid is None else _s(rid),
             seq=None if seq is None else int(seq),
+            vendor=None if vendor is None else _s(vendor),
         )
     except (TypeError, ValueError, IndexError, KeyError, RecursionError) as e:
         raise MalformedRecord(f"malformed transcript entry: {e}") from e

@@ -76,6 +76,27 @@ class Settings(BaseSettings):
         description="Least time between two audio reads of a worker (batching window): relay "
                     "latency grows by up to this much, Redis and worker CPU per read shrink.")
 
+    # Vendor failover and the fleet-wide circuit breaker
+    failover_attempts: int = Field(
+        default=3, ge=1, le=100,
+        description="Retryable failures of one vendor a session with fallback vendors takes "
+                    "before it switches to the next one.")
+    failover_seconds: float = Field(
+        default=30.0, gt=0,
+        description="How long a session with fallback vendors keeps retrying one vendor (from "
+                    "its first failure without progress) before it switches to the next one.")
+    breaker_threshold: int = Field(
+        default=20, ge=1,
+        description="Vendor failures, counted across all workers within the window, that trip "
+                    "the vendor's circuit breaker (new sessions start on their fallback).")
+    breaker_window_seconds: float = Field(
+        default=30.0, gt=0,
+        description="The window in which a vendor's failures are counted for its breaker.")
+    breaker_probe_seconds: float = Field(
+        default=15.0, gt=0,
+        description="While a vendor's breaker is open, one new session per this interval "
+                    "still tries it (a probe); a success closes the breaker.")
+
     # Producer
     producer_buffer_chunks: int = Field(
         default=600, ge=1, description="Chunks a Publisher holds before it blocks.")

@@ -57,6 +57,7 @@ from redis.exceptions import AskError, ClusterDownError, ResponseError, TryAgain
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from voxq import backoff
 from voxq.aio import raise_if_cancelled
 
 log = logging.getLogger(__name__)
@@ -331,7 +332,7 @@ class AudioReader:
     async def run(self) -> None:
         """Read until cancelled (a cancellation always ends it); Redis outages are retried with
         backoff, positions kept."""
-        backoff = 0.05
+        delays = backoff.REDIS.delays()
         last = 0.0
         if self.cluster:  # the slot map must be loaded before slots are grouped by node
             assert isinstance(self.r, RedisCluster)
@@ -354,13 +355,12 @@ class AudioReader:
                 last = now
                 try:
                     await (self._read_cluster(due) if self.cluster else self._read_one("", due))
-                    backoff = 0.05
+                    delays = backoff.REDIS.delays()
                 except REDIS_DOWN as e:
                     self.errors += 1
                     log.warning("audio reader: Redis unavailable (%s); retrying", e)
                     await self._reset(refresh=True)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    await asyncio.sleep(next(delays))
                     for sub in due:
                         self.schedule(sub, 0.0)
                     continue
@@ -369,8 +369,7 @@ class AudioReader:
                     moved = isinstance(e, REDIRECTS)
                     log.warning("audio reader: %s; %s", e, "regrouping" if moved else "retrying")
                     await self._reset(refresh=moved)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    await asyncio.sleep(next(delays))
                     for sub in due:
                         self.schedule(sub, 0.0)
                     continue

@@ -75,6 +75,18 @@ end
 return seq
 """
 
+# KEYS: meta, status stream. ARGV: epoch, from, to, reason, now, status stream maxlen.
+# The switch is recorded on the meta (a worker taking the session over resumes on the new
+# vendor) and told to followers on the status stream (a non-terminal entry).
+_SWITCH_VENDOR = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return -1 end
+local n = redis.call('HINCRBY', KEYS[1], 'vendor_switches', 1)
+redis.call('HSET', KEYS[1], 'active_vendor', ARGV[3], 'updated', ARGV[5])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'status', 'active', 'error', '',
+           'event', 'vendor_switched', 'from', ARGV[2], 'vendor', ARGV[3], 'reason', ARGV[4])
+return n
+"""
+
 # KEYS: meta, partial. ARGV: epoch, maxlen, then fields.
 _WRITE_PARTIAL = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return -1 end
@@ -184,6 +196,7 @@ class Ownership:
         self._partial = Script.of(_WRITE_PARTIAL)
         self._status = Script.of(_SET_STATUS)
         self._leave = Script.of(_LEAVE_GROUP)
+        self._switch = Script.of(_SWITCH_VENDOR)
 
     async def aclose(self) -> None:
         """Stop the batcher and release its connections."""
@@ -248,6 +261,16 @@ class Ownership:
         if ok < 0:
             raise Fenced(sid)
         await self.announce(sid, status, error)
+
+    async def switch_vendor(self, sid: str, epoch: int, old: str, new: str, reason: str) -> int:
+        """Record that the session now runs on vendor ``new`` (meta and a ``vendor_switched``
+        entry on its status stream); the session's switch count; Fenced if not owner."""
+        n = int(await self.batcher.eval(
+            self._switch, [self.keys.meta(sid), self.keys.status(sid)],
+            [epoch, old, new, redact(reason)[:300], repr(time.time()), STATUS_MAXLEN]))
+        if n < 0:
+            raise Fenced(sid)
+        return n
 
     async def epochs_within(self, sids: Sequence[str], timeout: float) -> dict[str, int | None]:
         """Current epoch of each session whose reply came within ``timeout`` seconds (None

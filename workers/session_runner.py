@@ -1,5 +1,7 @@
 """Drive one session: relay its audio from the checkpoint to a vendor recognizer and write
-what comes back, fenced; retry transient vendor failures by replaying from the checkpoint.
+what comes back, fenced; retry transient vendor failures by replaying from the checkpoint,
+and switch to the session's next fallback vendor (replaying from the same checkpoint) when
+its vendor fails for good, exhausts the failover budget, or its fleet-wide breaker is open.
 
 The checkpoint is the audio entry up to which every final is durable. Times from a vendor
 are relative to the audio it was sent, so they are re-based by the checkpoint's position;
@@ -11,11 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -23,15 +24,17 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from voxq import metrics
+from voxq import backoff, metrics
 from voxq.aio import cancel_and_wait
 from voxq.audio import Converter, decode_raw
 from voxq.errors import InvalidInput
 from voxq.keys import Keys
 from voxq.records import SessionMeta, Status, Transcript, decode_chunk, encode_transcript
+from voxq.redaction import redact
 from voxq.settings import Settings
 from workers import session_rules as rules
 from workers.audio_reader import AudioReader, Oversized, Subscription
+from workers.breaker import Admission, Breaker
 from workers.ownership import Checkpoint, Fenced, Ownership, checkpoint_from_meta
 from workers.vendors.base import Recognizer, VendorError, VendorRetryable, error_kind
 from workers.vendors.registry import create_recognizer
@@ -62,19 +65,19 @@ class Context:
     settings: Settings
     ownership: Ownership
     reader: AudioReader
+    breaker: Breaker | None = None  # None: no fleet-wide breaker (failover still works)
 
 
 async def redis_retry(fn: Callable[[], Awaitable[T]], what: str) -> T:
     """Run a Redis operation until it succeeds, backing off while Redis is unreachable."""
-    delay = 0.05
+    delays = backoff.REDIS.delays()
     while True:
         try:
             return await fn()
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
             metrics.REDIS_ERRORS.labels("worker").inc()
             log.warning("%s: Redis unavailable (%s); retrying", what, e)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            await asyncio.sleep(next(delays))
 
 
 class SessionRunner:
@@ -104,6 +107,9 @@ class SessionRunner:
         self._send_now: Callable[[bytes], bool] = _never
         self._bad: set[bytes] = set()  # ids of malformed audio entries (a replay sees them again)
         self.attempts = 0
+        self.vendor = meta.current_vendor  # the vendor this session runs on now
+        self._failing_since: float | None = None  # first failure since the last progress
+        self._answered = False  # a final came back from ``vendor`` (the breaker was told)
         self.status: Status | None = None
         self.finishing = False  # end of audio reached: only the vendor's last finals remain
         self.error = ""  # reason of a FAILED status decided by the relay itself
@@ -130,6 +136,10 @@ class SessionRunner:
 
     async def _run(self) -> Status | None:
         error = ""
+        try:
+            await self._admit()
+        except Fenced:
+            return None
         while True:
             try:
                 status = await self._attempt()
@@ -139,18 +149,29 @@ class SessionRunner:
                 log.warning("session %s: ownership lost; stopping without writing", self.sid)
                 return None
             except VendorError as e:
-                metrics.VENDOR_ERRORS.labels(self.meta.vendor, error_kind(e)).inc()
+                metrics.VENDOR_ERRORS.labels(self.vendor, error_kind(e)).inc()
                 self.attempts += 1
-                if e.retryable and self.attempts < MAX_ATTEMPTS:
-                    delay = min(0.25 * 2 ** self.attempts, 15.0) * (0.5 + random.random() / 2)
-                    try:
+                now = time.monotonic()
+                if self._failing_since is None:
+                    self._failing_since = now
+                tripped = await self._count_failure()
+                try:
+                    if self._next_vendor() is not None and (
+                            tripped or not e.retryable
+                            or self.attempts >= self.ctx.settings.failover_attempts
+                            or now - self._failing_since >= self.ctx.settings.failover_seconds):
+                        await self._switch(str(e))
+                        await self._admit()
+                        continue
+                    if e.retryable and self.attempts < MAX_ATTEMPTS:
+                        delay = backoff.VENDOR.compute(self.attempts - 1)
                         await self._reload()
-                    except Fenced:
-                        return None
-                    log.warning("session %s: %s; retry %d in %.1fs from checkpoint %s",
-                                self.sid, e, self.attempts, delay, self.checkpoint.entry_id)
-                    await asyncio.sleep(delay)
-                    continue
+                        log.warning("session %s: %s; retry %d in %.1fs from checkpoint %s",
+                                    self.sid, e, self.attempts, delay, self.checkpoint.entry_id)
+                        await asyncio.sleep(delay)
+                        continue
+                except Fenced:
+                    return None
                 status, error = Status.FAILED, str(e)
                 break
             except InvalidInput as e:
@@ -188,6 +209,55 @@ class SessionRunner:
             return False
         return True
 
+    # --- failover -----------------------------------------------------------------------
+
+    def _next_vendor(self) -> str | None:
+        """The fallback after the current vendor, None if it is the last one."""
+        chain = self.meta.vendors
+        i = chain.index(self.vendor) if self.vendor in chain else 0
+        return chain[i + 1] if i + 1 < len(chain) else None
+
+    async def _count_failure(self) -> bool:
+        """Count the failure on the vendor's fleet-wide breaker; True if it is open now."""
+        b = self.ctx.breaker
+        if b is None:
+            return False
+        tripped = await redis_retry(lambda: b.failed(self.vendor),
+                                    f"session {self.sid} breaker")
+        return tripped
+
+    async def _admit(self) -> None:
+        """Before starting on a vendor: while its breaker is open (and this session is not the
+        interval's probe), move on to the next fallback at once; the last one is always tried."""
+        b = self.ctx.breaker
+        while b is not None and self._next_vendor() is not None:
+            vendor = self.vendor
+            verdict = await redis_retry(lambda v=vendor: b.admit(v),  # type: ignore[misc]
+                                        f"session {self.sid} breaker")
+            if verdict is Admission.PROBE:
+                log.info("session %s: probing %s (its breaker is open)", self.sid, vendor)
+            if verdict is not Admission.OPEN:
+                return
+            metrics.BREAKER_SKIPS.labels(vendor).inc()
+            await self._switch(f"the {vendor} circuit breaker is open")
+
+    async def _switch(self, reason: str) -> None:
+        """Move the session to its next vendor: recorded on the meta and the status stream,
+        counted, then the replay from the checkpoint starts afresh (no backoff)."""
+        old, new = self.vendor, self._next_vendor()
+        assert new is not None
+        await self._reload()
+        n = await redis_retry(lambda: self.ctx.ownership.switch_vendor(
+            self.sid, self.epoch, old, new, reason), f"session {self.sid} vendor switch")
+        metrics.VENDOR_SWITCHES.labels(old, new).inc()
+        log.warning("session %s: switching from %s to %s (%s); switch %d, replay from "
+                    "checkpoint %s", self.sid, old, new, redact(reason), n,
+                    self.checkpoint.entry_id)
+        self.vendor = new
+        self.attempts = 0
+        self._failing_since = None
+        self._answered = False
+
     async def _reload(self) -> None:
         """Take checkpoint, final count and per-channel final ends from Redis, the truth after
         a failed attempt (a write cut short may or may not have landed); Fenced if we lost it."""
@@ -202,8 +272,9 @@ class SessionRunner:
     async def _attempt(self) -> Status:
         """One vendor session from the checkpoint to the end of the audio."""
         m = self.meta
-        rec = create_recognizer(m.vendor, self.sid, m.language, m.rate, m.channels, m.options,
-                                self.ctx.settings)
+        vendor = self.vendor  # a fallback runs with its default options
+        rec = create_recognizer(vendor, self.sid, m.language, m.rate, m.channels,
+                                m.options if vendor == m.vendor else {}, self.ctx.settings)
         sub = self.ctx.reader.subscribe(self.ctx.keys.audio(self.sid), self.checkpoint.entry_id,
                                         self.ctx.settings.session_queue_chunks,
                                         max_entry_bytes=self._max_chunk + ENTRY_OVERHEAD)
@@ -215,9 +286,9 @@ class SessionRunner:
         tasks: list[asyncio.Task[Any]] = []
         try:
             await rec.start()
-            metrics.VENDOR_CONNECTS.labels(m.vendor).inc()
+            metrics.VENDOR_CONNECTS.labels(vendor).inc()
             if self.attempts:
-                metrics.VENDOR_RECONNECTS.labels(m.vendor).inc()
+                metrics.VENDOR_RECONNECTS.labels(vendor).inc()
             collector = asyncio.create_task(self._collect(rec, offset))
             pump = asyncio.create_task(self._pump(rec, sub, offset))
             tasks = [pump, collector]
@@ -239,7 +310,7 @@ class SessionRunner:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
                 raise VendorRetryable("results ended before the end of the audio",
-                                      vendor=m.vendor)
+                                      vendor=vendor)
             status = await pump
             await collector
             return status
@@ -451,7 +522,7 @@ class SessionRunner:
                 eid, frames = ids.popleft(), ends.popleft()
             ckpt = Checkpoint(eid.decode(), frames, ())
         seq = self.finals
-        fields = encode_transcript(t)
+        fields = encode_transcript(replace(t, vendor=self.vendor))
         await redis_retry(lambda: self.ctx.ownership.write_final(
             self.sid, self.epoch, seq, ch, end_frames, ckpt.entry_id, ckpt.frames,
             max(final_end) / self.meta.rate, fields,
@@ -459,4 +530,12 @@ class SessionRunner:
         self.final_end = final_end
         self.finals = seq + 1
         self.attempts = 0  # progress: a later failure starts its backoff afresh
+        self._failing_since = None
         self.checkpoint = Checkpoint(ckpt.entry_id, ckpt.frames, tuple(final_end))
+        if not self._answered:  # the vendor works: close its breaker if it was open
+            self._answered = True
+            b = self.ctx.breaker
+            if b is not None and await redis_retry(lambda: b.succeeded(self.vendor),
+                                                   f"session {self.sid} breaker"):
+                log.info("session %s: %s answered; its circuit breaker is closed", self.sid,
+                         self.vendor)

@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from voxq import redaction
+from voxq import backoff, redaction
 from voxq.errors import InvalidInput
 from voxq.keys import TRANSCRIBERS_GROUP, Keys
 from voxq.records import SessionMeta, Status
@@ -31,6 +31,7 @@ from voxq.redis_conn import connect
 from voxq.sessions import ensure_group
 from voxq.settings import Settings
 from workers.audio_reader import AudioReader
+from workers.breaker import Breaker
 from workers.health_server import serve_health
 from workers.ownership import Checkpoint, Fenced, Ownership, SessionGone, checkpoint_from_meta
 from workers.pod_cost import UPDATE_INTERVAL_S, PodRef, keep_cost_current, pod_from_env
@@ -115,7 +116,8 @@ class Transcriber:
         self._r_read = connect(self.redis_url)  # the blocking XREADs get their own socket
         own = Ownership(self._r, self.keys, self.name)
         reader = AudioReader(self._r_read, window_ms=self.settings.read_window_ms)
-        ctx = Context(self._r, self.keys, self.settings, own, reader)
+        ctx = Context(self._r, self.keys, self.settings, own, reader,
+                      Breaker(own.batcher, self.keys, self.settings))
         r = self._r
         tasks: list[asyncio.Task[Any]] = []
         try:
@@ -165,6 +167,7 @@ class Transcriber:
         """Read new control entries (XREADGROUP) while there is capacity."""
         assert self._r is not None
         claim_r = connect(self.redis_url)  # XREADGROUP BLOCK holds its socket
+        delays = backoff.REDIS.delays()
         try:
             while not self.draining.is_set():
                 if self.free() <= 0:
@@ -182,8 +185,9 @@ class Transcriber:
                     raise
                 except REDIS_DOWN as e:
                     log.warning("claim: Redis unavailable (%s)", e)
-                    await asyncio.sleep(0.5)
+                    await asyncio.sleep(next(delays))
                     continue
+                delays = backoff.REDIS.delays()
                 for _key, entries in resp or ():
                     await self._start_many(ctx, entries, takeover=False)
         finally:

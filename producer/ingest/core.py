@@ -152,6 +152,7 @@ class SessionSpec:
     language: str = "en-US"
     options: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, str] = field(default_factory=dict)
+    fallback: tuple[str, ...] = ()  # vendors to switch to when ``vendor`` fails
 
 
 class IngestSession:
@@ -196,7 +197,8 @@ class IngestSession:
                     meta = await self.pub.attach(sid)
             if meta is None:
                 meta = await self.pub.open(sid, spec.vendor, spec.language, spec.rate,
-                                           spec.channels, None, spec.options)
+                                           spec.channels, None, spec.options,
+                                           fallback=spec.fallback)
                 if spec.metadata:
                     await self._store_metadata(sid, spec.metadata)
         except BaseException:

@@ -44,11 +44,12 @@ class RawConfig:
     options: dict[str, Any] = field(default_factory=dict)
     results: bool = False
     resume: bool = False
+    fallback: tuple[str, ...] = ()  # vendors to switch to when ``vendor`` fails
 
     def spec(self) -> SessionSpec:
         """The session this configuration asks for (the bus carries the client's own rate)."""
         return SessionSpec(self.session, self.rate, self.channels, self.vendor, self.language,
-                           self.options)
+                           self.options, fallback=self.fallback)
 
     @property
     def frame_bytes(self) -> int:
@@ -83,7 +84,8 @@ def _format(v: str) -> SampleFormat:
 
 
 def config_from_query(query: Mapping[str, list[str]]) -> RawConfig:
-    """The configuration in ``?session=&format=&rate=&channels=&vendor=&language=&option=k=v``."""
+    """The configuration in ``?session=&format=&rate=&channels=&vendor=&fallback=&language=``
+    ``&option=k=v`` (``fallback``: vendors to switch to, comma-separated)."""
     def one(name: str) -> str | None:
         v = query.get(name)
         return v[-1] if v else None
@@ -102,6 +104,8 @@ def config_from_query(query: Mapping[str, list[str]]) -> RawConfig:
         changes["vendor"] = v
     if (v := one("language")) is not None:
         changes["language"] = v
+    if (v := one("fallback")) is not None:
+        changes["fallback"] = tuple(x.strip() for x in v.split(",") if x.strip())
     if (v := one("results")) is not None:
         changes["results"] = _flag(v)
     if (v := one("resume")) is not None:
@@ -156,7 +160,8 @@ def parse_text(text: str) -> tuple[TextKind, dict[str, Any]]:
 
 def apply_config(cfg: RawConfig, d: Mapping[str, Any]) -> RawConfig:
     """Merge a first-frame configuration: vosk's ``{"config": {"sample_rate": N}}`` (vosk sends
-    int16), or voxq's own fields (``session, format, rate, channels, vendor, language, options``)."""
+    int16), or voxq's own fields (``session, format, rate, channels, vendor, fallback, language,
+    options``)."""
     changes: dict[str, Any] = {}
     vosk = d.get("config")
     if isinstance(vosk, dict):
@@ -168,6 +173,14 @@ def apply_config(cfg: RawConfig, d: Mapping[str, Any]) -> RawConfig:
             if not isinstance(d[name], str):
                 raise Rejected(f"{name} must be a string", CloseCode.POLICY, "config")
             changes[attr] = d[name]
+    if "fallback" in d:
+        fb = d["fallback"]
+        if isinstance(fb, str):
+            fb = fb.split(",")
+        if not isinstance(fb, list) or not all(isinstance(x, str) for x in fb):
+            raise Rejected("fallback must be a comma-separated string or a list of vendor "
+                           "names", CloseCode.POLICY, "config")
+        changes["fallback"] = tuple(x.strip() for x in fb if x.strip())
     if "format" in d:
         changes["fmt"] = _format(str(d["format"]))
     for name in ("rate", "sample_rate"):

@@ -7,6 +7,11 @@ exactly. The emulator turns chunk i into the word ``w<i>``: a session's complete
 transcript is then exactly ``w0 … wN`` in order, and any lost, repeated or reordered audio
 shows up word by word.
 
+With ``dialect="deepgram"`` the same server speaks Deepgram's live-streaming protocol
+(``Token`` key, ``sample_rate``/``channels`` query, ``Results`` / ``Metadata`` JSON, ``Finalize``
+and ``CloseStream``), so a session can fail over between two vendors and still be checked
+word by word.
+
 The emulator is strict in the ways reliability depends on: audio must come in whole 100 ms
 windows from the connection's start, no faster than ``max_speed`` × real time, and within
 ``idle_timeout`` of the last frame; knobs drop connections or answer errors on demand.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import threading
 import time
@@ -109,7 +115,10 @@ class WatermarkEmulator:
 
     def __init__(self, *, words_per_final: int = 5, max_speed: float = 50.0,
                  idle_timeout: float = 15.0, key: str | None = None, chunk_ms: int = 100,
-                 max_connection_seconds: float | None = None):
+                 max_connection_seconds: float | None = None, dialect: str = "voxq-ws"):
+        if dialect not in ("voxq-ws", "deepgram"):
+            raise ValueError(f"unknown dialect {dialect!r}")
+        self.dialect = dialect
         self.words_per_final = words_per_final
         #: audio one connection may carry before it is refused (a session limit in seconds)
         self.max_connection_seconds = max_connection_seconds
@@ -118,6 +127,8 @@ class WatermarkEmulator:
         self.key = key
         self.chunk_ms = chunk_ms
         self.faults = Faults()
+        #: a vendor outage: open connections are cut at their next frame, handshakes get 503
+        self.down = False
         self.connections: list[Connection] = []
         self.handshakes = 0
         self.port = free_port()
@@ -173,16 +184,21 @@ class WatermarkEmulator:
         with self._lock:
             n = self.handshakes
             self.handshakes += 1
-        status = self.faults.refuse_status(n)
+        status = 503 if self.down else self.faults.refuse_status(n)
         if status is not None:
             return conn.respond(status, "refused by test\n")
-        if self.key is not None and request.headers.get("Authorization") != f"Bearer {self.key}":
+        scheme = "Token" if self.dialect == "deepgram" else "Bearer"
+        if self.key is not None and request.headers.get("Authorization") != f"{scheme} {self.key}":
             return conn.respond(401, "invalid or missing bearer key\n")
         q = parse_qs(urlsplit(request.path).query)
         try:
-            rate = int(q["rate"][0])
-            int(q["channels"][0])
-            q["session"][0]
+            if self.dialect == "deepgram":
+                rate = int(q["sample_rate"][0])
+                int(q["channels"][0])
+            else:
+                rate = int(q["rate"][0])
+                int(q["channels"][0])
+                q["session"][0]
         except (KeyError, ValueError, IndexError):
             return conn.respond(400, "rate, channels and session are required\n")
         if not 8000 <= rate <= 48000:
@@ -192,17 +208,20 @@ class WatermarkEmulator:
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         q = parse_qs(urlsplit(ws.request.path).query)
-        c = Connection(session=q["session"][0], rate=int(q["rate"][0]),
+        dg = self.dialect == "deepgram"
+        c = Connection(session="" if dg else q["session"][0],
+                       rate=int(q["sample_rate" if dg else "rate"][0]),
                        channels=int(q["channels"][0]))
         with self._lock:
             n = len(self.connections)
             self.connections.append(c)
         err = self.faults.error_at_connect(n)
         if err is not None:
-            await ws.send(protocol.encode_error(*err))
+            await self._error(ws, *err)
             await ws.close()
             return
-        await ws.send(protocol.READY)
+        if not dg:
+            await ws.send(protocol.READY)
         drop_after = self.faults.drop_after_frames(n)
         stall_after = self.faults.stall_after_frames(n)
         window = c.rate * self.chunk_ms // 1000
@@ -215,36 +234,45 @@ class WatermarkEmulator:
                 try:
                     msg = await within(ws.recv(), self.idle_timeout)
                 except TimeoutError:
-                    await ws.send(protocol.encode_error(
-                        "idle", f"no audio for {self.idle_timeout}s", False))
+                    await self._error(ws, "idle", f"no audio for {self.idle_timeout}s", False)
                     return
                 if isinstance(msg, str):
-                    if protocol.decode_client_text(msg) == "finish":
+                    if dg:
+                        kind = json.loads(msg).get("type")
+                        if kind in ("Finalize", "CloseStream") and pending:
+                            await ws.send(self._result(pending, True))
+                            pending = []
+                        if kind == "CloseStream":
+                            await ws.send(json.dumps({"type": "Metadata", "request_id": "wm",
+                                                      "duration": c.audio_seconds}))
+                            await ws.close(1000)
+                            return
+                    elif protocol.decode_client_text(msg) == "finish":
                         if pending:
                             await ws.send(self._result(pending, True))
                         await ws.send(protocol.DONE)
                         return
                     continue
                 if len(msg) % frame_bytes:
-                    await ws.send(protocol.encode_error("bad-audio", "partial frame", False))
+                    await self._error(ws, "bad-audio", "partial frame", False)
                     return
                 c.frames += 1
                 c.audio_seconds += len(msg) / frame_bytes / c.rate
                 elapsed = time.monotonic() - c.started
                 limit = self.max_connection_seconds
                 if limit is not None and c.audio_seconds > limit + 1e-9:
-                    await ws.send(protocol.encode_error(
-                        "too-long", f"more than {limit:g} s of audio on one connection", True))
+                    await self._error(ws, "too-long",
+                                      f"more than {limit:g} s of audio on one connection", True)
                     return
                 if c.audio_seconds > elapsed * self.max_speed + 2.0:
-                    await ws.send(protocol.encode_error(
-                        "too-fast", f"audio arrives faster than {self.max_speed}x real time",
-                        False))
+                    await self._error(ws, "too-fast",
+                                      f"audio arrives faster than {self.max_speed}x real time",
+                                      False)
                     return
                 if stall_after is not None and c.frames >= stall_after:
                     c.closed_by_fault = True
                     await ws.wait_closed()  # reads nothing more, so pings go unanswered too
-                if drop_after is not None and c.frames >= drop_after:
+                if self.down or (drop_after is not None and c.frames >= drop_after):
                     c.closed_by_fault = True
                     ws.transport.abort()
                     return
@@ -272,8 +300,26 @@ class WatermarkEmulator:
             with contextlib.suppress(Exception):
                 await ws.close()
 
+    async def _error(self, ws: ServerConnection, code: str, message: str,
+                     retryable: bool) -> None:
+        """Answer an error the dialect's way: voxq-ws's error message, or Deepgram's close
+        (1011 is retried by clients, 1008 is not)."""
+        if self.dialect == "deepgram":
+            await ws.close(1011 if retryable else 1008, f"{code}: {message}"[:120])
+            return
+        await ws.send(protocol.encode_error(code, message, retryable))
+
     def _result(self, pending: list[tuple[int, int]], final: bool) -> str:
         w = self.chunk_ms / 1000
+        if self.dialect == "deepgram":
+            start, end = pending[0][1] * w, (pending[-1][1] + 1) * w
+            return json.dumps({
+                "type": "Results", "channel_index": [0, 1], "start": start,
+                "duration": end - start, "is_final": final, "speech_final": final,
+                "channel": {"alternatives": [{
+                    "transcript": " ".join(f"w{i}" for i, _ in pending),
+                    "words": [{"word": f"w{i}", "start": p * w, "end": (p + 1) * w,
+                               "confidence": 1.0} for i, p in pending]}]}})
         words = tuple(Word(f"w{i}", p * w, (p + 1) * w, 1.0) for i, p in pending)
         return protocol.encode_result(Transcript(
             text=" ".join(x.text for x in words), is_final=final, start=words[0].start,
