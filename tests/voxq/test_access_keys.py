@@ -108,3 +108,13 @@ def test_tokens_sign_verify_and_refuse_tampering() -> None:
                                              None, time.time() - 1), b"secret")
     assert tokens.verify(expired, b"secret") is None
     assert tokens.verify("vxt_garbage", b"secret") is None
+
+
+def test_keys_and_tokens_are_redacted_from_logs() -> None:
+    from voxq.redaction import redact
+
+    secret = "vxk_0123456789ab_" + "Zq3" * 14 + "x"
+    token = "vxt_eyJrIjoiMDEyMyJ9.c2lnbmF0dXJl"
+    out = redact(f"refused {secret} then {token}.")
+    assert "Zq3" not in out and "c2lnbmF0dXJl" not in out and "eyJr" not in out
+    assert "vxk_0123456789ab_" in out  # the id stays, for the reader of the log
