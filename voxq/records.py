@@ -23,6 +23,7 @@ MIN_RATE, MAX_RATE = 8000, 48000
 MIN_CHUNK_MS, MAX_CHUNK_MS = 20, 200
 LANGUAGE_RE_DOC = "a BCP-47 style code such as en-US"
 CHECKPOINT_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+TENANT_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 WEBHOOK_URL_RE = re.compile(r"https?://[^\s]+", re.IGNORECASE)
 
 
@@ -101,6 +102,7 @@ class SessionMeta:
     fallback: tuple[str, ...] = ()
     active_vendor: str = ""  # the vendor the worker uses now ("": ``vendor``); set on a switch
     vendor_switches: int = 0  # how many times the session switched vendor
+    tenant: str = ""  # the creating key's tenant ("": from before tenants, the default tenant)
 
     def __post_init__(self) -> None:
         validate_session_id(self.session_id)
@@ -113,6 +115,9 @@ class SessionMeta:
                 self.webhook)):
             raise InvalidInput("webhook must be an http:// or https:// URL of at most 2000 "
                                "characters")
+        if self.tenant and not TENANT_RE.fullmatch(self.tenant):
+            raise InvalidInput(f"invalid tenant {self.tenant[:60]!r}: use 1-64 characters from "
+                               "A-Z a-z 0-9 . _ -")
         if self.webhook_finals and not self.webhook:
             raise InvalidInput("webhook finals need a webhook URL")
         if not (MIN_RATE <= self.rate <= MAX_RATE):
@@ -181,6 +186,7 @@ class SessionMeta:
             **({"fallback": ",".join(self.fallback)} if self.fallback else {}),
             **({"active_vendor": self.active_vendor} if self.active_vendor else {}),
             **({"vendor_switches": str(self.vendor_switches)} if self.vendor_switches else {}),
+            **({"tenant": self.tenant} if self.tenant else {}),
         }
 
     @classmethod
@@ -240,6 +246,7 @@ class SessionMeta:
                 fallback=parse_fallback(d.get("fallback", ""), d.get("vendor", "local")),
                 active_vendor=d.get("active_vendor", ""),
                 vendor_switches=num("vendor_switches", int, "0"),
+                tenant=d.get("tenant", ""),
             )
         except MalformedRecord:
             raise
