@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from starlette.types import Receive, Scope, Send
 
 from api import errors, events, openapi, routes_health, routes_sessions, routes_tts, routes_webhooks
 from api.auth import require_key
 from api.hub import EventHub
+from api.sse import run_detaching
 from api.state import ApiOptions, ApiState
 from api.webhooks import WebhookDispatcher
 from voxq import __version__, redaction
@@ -20,6 +22,14 @@ from voxq.redis_conn import connect_bounded, rq_url
 from voxq.settings import Settings
 
 log = logging.getLogger("voxq.api")
+
+
+class VoxqApi(FastAPI):
+    """The FastAPI app, whose live SSE streams run once its middleware and routing chain has
+    returned (api.sse.run_detaching): thousands of followers do not each hold that chain."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await run_detaching(super().__call__, scope, receive, send)
 
 
 def create_app(settings: Settings, redis_url: str,
@@ -66,7 +76,7 @@ def create_app(settings: Settings, redis_url: str,
             client, state.redis = state.redis, None
             await client.aclose()
 
-    app = FastAPI(title="voxq API", version=__version__, lifespan=lifespan,
+    app = VoxqApi(title="voxq API", version=__version__, lifespan=lifespan,
                   description="Sessions, transcripts and live events of voxq's Redis bus.")
     app.state.api = state
     errors.install(app)

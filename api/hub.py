@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
@@ -85,44 +85,53 @@ def _s(v: bytes | str) -> str:
 
 
 class Follower:
-    """One follower's bounded queue of items and its wake-up."""
+    """One follower's bounded queue of items and its wake-up.
 
-    __slots__ = ("_event", "channel", "limit", "overflowed", "queue", "statuses")
+    Lean on purpose (a process holds thousands): a plain list and a future made only while
+    the follower waits, not an asyncio.Queue or Event with their own deques."""
+
+    __slots__ = ("_waiter", "channel", "limit", "overflowed", "queue", "statuses")
 
     def __init__(self, limit: int, statuses: frozenset[str] = frozenset()):
-        self.queue: deque[Item] = deque()
+        self.queue: list[Item] = []
         self.limit = limit
         self.overflowed = False
         self.channel: Channel | None = None
         self.statuses = statuses  # firehose filter (empty: every status)
-        self._event = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
 
     def push(self, item: Item) -> bool:
         """Queue an item; False (and overflowed) if the queue is full."""
         if len(self.queue) >= self.limit:
             self.overflowed = True
-            self._event.set()
+            self._wake()
             return False
         self.queue.append(item)
-        self._event.set()
+        self._wake()
         return True
 
     async def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for items (or the overflow); True if there are."""
         if self.queue or self.overflowed:
             return True
-        self._event.clear()
+        self._waiter = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(timeout):
-                await self._event.wait()
+                await self._waiter
         except TimeoutError:
             return bool(self.queue) or self.overflowed
+        finally:
+            self._waiter = None
         return True
 
     def take(self) -> list[Item]:
         """Every queued item, in order."""
-        items = list(self.queue)
-        self.queue.clear()
+        items, self.queue = self.queue, []
         return items
 
 
