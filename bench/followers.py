@@ -115,6 +115,7 @@ def serve_baseline(port: int) -> None:
 
 
 WARM = 100  # followers opened before RSS is first read (first-request allocations)
+STEP = 20  # followers opened per 50 ms (--connect-rate sets it)
 
 
 async def open_followers(port: int, sids: list[str], n: int, pid: int,
@@ -131,7 +132,7 @@ async def open_followers(port: int, sids: list[str], n: int, pid: int,
             readies.append(ev)
             f.task = asyncio.create_task(f.run(port, sids[k % len(sids)], ev))
             followers.append(f)
-            if k % 200 == 199:
+            if k % STEP == STEP - 1:
                 await asyncio.sleep(0.05)
         async with asyncio.timeout(180):
             while not all(ev.is_set() or (f.task and f.task.done())  # noqa: ASYNC110
@@ -473,6 +474,7 @@ async def webhook_run(sessions: int, window: float, logdir: Path) -> dict[str, A
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     logdir = Path(tempfile.mkdtemp(prefix="voxq-followers-"))
     out: dict[str, Any] = {"quick": args.quick, "cpus": os.cpu_count(),
+                           "followers_opened_per_s": STEP * 20,
                            "loadavg_at_start": os.getloadavg()[0], "logs": str(logdir),
                            "latency": {}, "fanout": {}}
     if not args.no_floors:
@@ -493,6 +495,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--serve-baseline", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--serve-floor", nargs=2, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--connect-rate", type=int, default=400,
+                    help="followers opened per second (a reconnect storm: 4000; RSS per "
+                         "follower grows with it, the burst's requests being in flight at once)")
     ap.add_argument("--no-floors", action="store_true",
                     help="skip the per-connection floors (bare uvicorn, idle StreamingResponse)")
     ap.add_argument("--quick", action="store_true", help="small sizes, short windows")
@@ -518,6 +523,8 @@ def main() -> None:
     for k, v in (quick if args.quick else full).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    global STEP
+    STEP = max(1, args.connect_rate // 20)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(json.dumps(asyncio.run(main_async(args)), indent=2))
