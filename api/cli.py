@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import signal
 import socket
 import threading
@@ -17,6 +18,8 @@ from api.app import create_app
 from api.connection_guard import ConnectionLimits, ensure_descriptors, guarded_protocol
 from voxq.redis_conn import redis_url
 from voxq.settings import Settings, get_settings
+
+log = logging.getLogger("voxq.api")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -106,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
     port = settings.api_port if args.port is None else args.port
     cap = ensure_descriptors(settings.api_max_connections, settings.api_backlog,
                              configured="api_max_connections" in settings.model_fields_set)
+    if settings.api_max_followers >= cap and settings.model_fields_set & {
+            "api_max_followers", "api_max_connections"}:
+        log.warning("VOXQ_API_MAX_FOLLOWERS (%d) is not below the connection cap (%d): "
+                    "followers past the cap are closed instead of answered 503; raise "
+                    "VOXQ_API_MAX_CONNECTIONS above it", settings.api_max_followers, cap)
     limits = ConnectionLimits(header_timeout=settings.api_header_timeout_seconds,
                               body_timeout=settings.api_body_timeout_seconds,
                               max_connections=cap)

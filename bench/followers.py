@@ -2,7 +2,8 @@
 (bench/per_follower_events.py), in the same run, each as its own API process on its own Redis.
 
 (a) latency: N live sessions, one SSE follower each; the harness XADDs a final stamped with
-    its send time to every session once per second; p50/p99 of XADD -> the final read on SSE.
+    its send time to every session once per second (all at once, or in ``--slices`` evenly
+    spaced slices); p50/p99 of XADD -> the final read on SSE.
 (b) fan-out: F followers over S sessions on one API process: /healthz p99 meanwhile, the API
     process's Redis connections (CLIENT LIST), RSS per follower, and whether every follower
     received every final (and how many were refused or failed).
@@ -10,10 +11,15 @@
 (d) webhooks: W sessions ending within a window, one deployment URL whose receiver (in the
     harness) fails 20 % of first attempts with 503: deliveries/s and delivery latency from the
     end event to the successful POST (p50/p99; retries wait the first backoff, 5 s).
+Floors, in the same run: RSS per idle connection of a bare uvicorn ASGI app and of an idle
+FastAPI StreamingResponse, both with voxq api's server configuration.
 
-The harness (one Python process holding every follower socket) shares a 2-core machine with
-the API and Redis; at thousands of followers it is the harness, not the API, that saturates
-first — see ``harness_cpu`` next to the API's ``api_cpu``.
+RSS per follower is counted after a warm-up and depends on how fast followers arrive
+(``--connect-rate``): the requests of a burst are in flight at once, and the memory they
+used stays with the process. Each scenario reports the load average and the CPU of the API,
+the harness and Redis: the harness (one Python process holding every follower socket)
+shares the 2 cores with them, so at thousands of followers the latencies include waiting for
+a core.
 
     python bench/followers.py --quick     # small N, short windows (~2 minutes)
     python bench/followers.py             # the sizes: 500 sessions, 5,000 followers
@@ -116,6 +122,7 @@ def serve_baseline(port: int) -> None:
 
 WARM = 100  # followers opened before RSS is first read (first-request allocations)
 STEP = 20  # followers opened per 50 ms (--connect-rate sets it)
+SLICES = 1  # each second's finals are written in this many evenly spaced slices (--slices)
 
 
 async def open_followers(port: int, sids: list[str], n: int, pid: int,
@@ -344,13 +351,14 @@ async def follow_run(design: str, sessions: int, per_session: int, seconds: floa
         rounds = int(seconds)
         for _ in range(rounds):
             tick = time.monotonic()
-            async with r.pipeline(transaction=False) as p:
-                for sid in sids:
-                    p.xadd(keys.final(sid), {"seq": "0", "text": f"t{time.time_ns()}",
-                                             "start": "0", "end": "1", "ch": "0"})
-                await p.execute()
+            for j in range(SLICES):
+                async with r.pipeline(transaction=False) as p:
+                    for sid in sids[j::SLICES]:
+                        p.xadd(keys.final(sid), {"seq": "0", "text": f"t{time.time_ns()}",
+                                                 "start": "0", "end": "1", "ch": "0"})
+                    await p.execute()
+                await asyncio.sleep(max(0.0, (j + 1) / SLICES - (time.monotonic() - tick)))
             conns.append(await api_clients(r))
-            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
         await asyncio.sleep(3.0)  # the last finals arrive
         elapsed = time.monotonic() - t0
         api_cpu = (cpu_s(api.proc.pid) - cpu0) / elapsed
@@ -474,7 +482,7 @@ async def webhook_run(sessions: int, window: float, logdir: Path) -> dict[str, A
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     logdir = Path(tempfile.mkdtemp(prefix="voxq-followers-"))
     out: dict[str, Any] = {"quick": args.quick, "cpus": os.cpu_count(),
-                           "followers_opened_per_s": STEP * 20,
+                           "followers_opened_per_s": STEP * 20, "final_slices_per_s": SLICES,
                            "loadavg_at_start": os.getloadavg()[0], "logs": str(logdir),
                            "latency": {}, "fanout": {}}
     if not args.no_floors:
@@ -498,6 +506,10 @@ def main() -> None:
     ap.add_argument("--connect-rate", type=int, default=400,
                     help="followers opened per second (a reconnect storm: 4000; RSS per "
                          "follower grows with it, the burst's requests being in flight at once)")
+    ap.add_argument("--slices", type=int, default=1,
+                    help="write each second's finals in this many evenly spaced slices (1: "
+                         "every session's final at the same instant, the worst case; 20: "
+                         "spread like sessions that end their phrases independently)")
     ap.add_argument("--no-floors", action="store_true",
                     help="skip the per-connection floors (bare uvicorn, idle StreamingResponse)")
     ap.add_argument("--quick", action="store_true", help="small sizes, short windows")
@@ -523,8 +535,9 @@ def main() -> None:
     for k, v in (quick if args.quick else full).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    global STEP
+    global STEP, SLICES
     STEP = max(1, args.connect_rate // 20)
+    SLICES = max(1, args.slices)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(json.dumps(asyncio.run(main_async(args)), indent=2))
