@@ -52,6 +52,7 @@ from voxq.records import Status
 log = logging.getLogger("voxq.api.hub")
 
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+XREAD_COUNT, BLOCK, STREAMS = b"$5\r\nXREAD\r\n$5\r\nCOUNT\r\n", b"$5\r\nBLOCK\r\n", b"$7\r\nSTREAMS\r\n"
 VENDOR_CACHE = 20_000  # session ids whose vendor the firehose remembers
 
 
@@ -135,15 +136,24 @@ class Follower:
         return items
 
 
-class Channel:
-    """The followers of one session and the hub's read positions in its three streams."""
+def bulk(v: str) -> bytes:
+    """One RESP bulk string (a command argument as sent on the wire)."""
+    b = v.encode()
+    return b"$%d\r\n%s\r\n" % (len(b), b)
 
-    __slots__ = ("followers", "keys", "pos", "sid")
+
+class Channel:
+    """The followers of one session and the hub's read positions in its three streams (also
+    kept as RESP arguments, so each XREAD is assembled without encoding every key again)."""
+
+    __slots__ = ("followers", "keys", "kwire", "pos", "pwire", "sid")
 
     def __init__(self, sid: str, keys: tuple[str, str, str], pos: list[str]):
         self.sid = sid
         self.keys = keys  # final, partial, status
         self.pos = pos
+        self.kwire = [bulk(k) for k in keys]
+        self.pwire = [bulk(p) for p in pos]
         self.followers: set[Follower] = set()
 
 
@@ -170,6 +180,7 @@ class EventHub:
         self._life_pos = ""  # set when the reader starts
         self._vendors: OrderedDict[str, str] = OrderedDict()
         self._reader: aioredis.Redis | None = None
+        self._conn: Any = None  # the reader's one connection (single Redis)
         self._reader_id: int | None = None
         self._blocked = False
         self._unblocking = False
@@ -288,6 +299,7 @@ class EventHub:
         for eid_raw, fields in entries:
             eid = _s(eid_raw)
             ch.pos[idx] = eid
+            ch.pwire[idx] = bulk(eid)
             self.entries += 1
             data: Any
             try:
@@ -403,7 +415,6 @@ class EventHub:
                 except REDIS_DOWN as e:
                     _reraise_if_cancelling()
                     self.errors += 1
-                    self._reader_id = None
                     log.warning("hub: Redis unavailable (%s); retrying", e)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
@@ -417,29 +428,68 @@ class EventHub:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
         finally:
+            await self._drop_connection()
             reader, self._reader = self._reader, None
             if reader is not None:
                 await reader.aclose()
                 await reader.connection_pool.disconnect()
 
+    def packed_xread(self, block: int) -> bytes:
+        """The XREAD BLOCK over every stream, as bytes on the wire. Packed from each channel's
+        cached arguments: redis-py's packing of a command naming thousands of streams costs
+        milliseconds per round, more than everything else the hub does."""
+        chans = self._channels.values()
+        n = 1 + 3 * len(self._channels)
+        parts = [b"*%d\r\n" % (6 + 2 * n), XREAD_COUNT, bulk(str(self.batch)), BLOCK,
+                 bulk(str(block)), STREAMS, bulk(self._life_key)]
+        for ch in chans:
+            parts.extend(ch.kwire)
+        parts.append(bulk(self._life_pos))
+        for ch in chans:
+            parts.extend(ch.pwire)
+        return b"".join(parts)
+
+    async def _connection(self) -> Any:
+        """The reader's connection, connected, with its client id known (for CLIENT UNBLOCK)."""
+        if self._conn is None:
+            assert self._reader is not None
+            conn = await self._reader.connection_pool.get_connection()
+            self._conn = conn
+            try:
+                await conn.send_command("CLIENT", "ID")
+                self._reader_id = int(await conn.read_response())
+            except BaseException:
+                await self._drop_connection()
+                raise
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        """Close the reader's connection (after an error or a cancellation mid-read, when a
+        reply may still be on its way) and give it back to its pool."""
+        conn, self._conn, self._reader_id = self._conn, None, None
+        if conn is None or self._reader is None:
+            return
+        await conn.disconnect(nowait=True)
+        await self._reader.connection_pool.release(conn)
+
     async def _read_blocking(self) -> None:
         """One XREAD BLOCK over every stream (single Redis)."""
-        reader = self._reader
-        assert reader is not None
-        if self._reader_id is None:
-            self._reader_id = int(await reader.client_id())
+        conn = await self._connection()
         self._changed.clear()
-        keys, ids = self._streams()
         block = self.block_ms
         if self.status_check_seconds > 0:
             left = self._next_check - time.monotonic()
             block = max(1, min(block, int(left * 1000)))
+        packed = self.packed_xread(block)
         self._blocked = True
         try:
-            reply = await reader.execute_command("XREAD", "COUNT", self.batch, "BLOCK", block,
-                                                 "STREAMS", *keys, *ids)
-        finally:
+            await conn.send_packed_command(packed, check_health=False)
+            reply = await conn.read_response()
+        except BaseException:
             self._blocked = False
+            await self._drop_connection()
+            raise
+        self._blocked = False
         self.dispatch(reply)
 
     async def _read_cluster(self) -> None:
