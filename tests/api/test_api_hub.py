@@ -20,9 +20,11 @@ import pytest
 import redis.asyncio as aioredis
 import websockets
 from apitest_support import LiveServer, add_final, add_partial, add_session, serve_in_thread, set_status
+from redis.asyncio.connection import Connection
 from test_api_events import WAIT, Reader, events
 
 from api.app import create_app
+from api.hub import EventHub
 from api.state import ApiOptions
 from voxq.embedded_redis import RedisServer
 from voxq.keys import Keys
@@ -317,3 +319,20 @@ async def test_firehose_resumes_after_last_event_id(live: LiveServer, r: aioredi
             ev = await rd.expect("finished")
             assert ev.data["session_id"] == "q2" and ev.id is not None
         assert (await c.get("/v1/events", headers={"Last-Event-ID": "x"})).status_code == 422
+
+
+async def test_the_hubs_own_xread_is_what_redis_py_would_send(r: aioredis.Redis,
+                                                              keys: Keys) -> None:
+    hub = EventHub("", keys, r, batch=200)
+    hub._life_pos = "5-1"
+    hub.join("a", "1-0", "0-0", "2-3")
+    hub.join("b.2", "7-0", "8-1", "0-0")
+    f, _ = hub.join("c", "0-0", "0-0", "0-0")
+    hub.leave(f)  # a channel without followers is not read
+    hub.dispatch([[keys.final("a").encode(), [[b"9-4", {b"seq": b"0"}]]]])
+    expected = Connection().pack_command(
+        "XREAD", "COUNT", 200, "BLOCK", 1000, "STREAMS", keys.lifecycle,
+        keys.final("a"), keys.partial("a"), keys.status("a"),
+        keys.final("b.2"), keys.partial("b.2"), keys.status("b.2"),
+        "5-1", "9-4", "0-0", "2-3", "7-0", "8-1", "0-0")
+    assert hub.packed_xread(1000) == b"".join(expected)
