@@ -91,6 +91,21 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+class ApiServer(uvicorn.Server):
+    """uvicorn's server, which ends every live follower's stream as it starts to shut down:
+    the streams finish cleanly (clients resume with their last event id) instead of running
+    until the graceful timeout and being cancelled, each with a traceback in the log."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        state = getattr(getattr(self.config.app, "state", None), "api", None)
+        hub = getattr(state, "hub", None)
+        if hub is not None:
+            told = hub.close_followers()
+            if told:
+                log.info("ending %d live followers before shutting down", told)
+        await super().shutdown(sockets)
+
+
 def server_config(app: FastAPI, settings: Settings, limits: ConnectionLimits) -> uvicorn.Config:
     """uvicorn's configuration: the guarded h11 protocol and every limit from settings; logs go
     through voxq's handlers (log_config=None), where repeated records are bounded."""
@@ -124,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"voxq api: listening on {url_of(sock)} (docs at {url_of(sock)}/docs)",
               flush=True)
         try:
-            uvicorn.Server(config).run(sockets=[sock])
+            ApiServer(config).run(sockets=[sock])
         finally:
             sock.close()
     return 0

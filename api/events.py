@@ -240,6 +240,8 @@ async def firehose(
                     if kind is Kind.LIFECYCLE and stream_id_key(eid) > stream_id_key(last):
                         yield sse.message(data["status"], json.dumps(
                             data, separators=(",", ":")), eid)
+                if follower.closed:
+                    return  # the API is shutting down
                 if follower.overflowed:
                     yield sse.message("error", json.dumps(
                         {"error": "slow_consumer", "detail": "this follower fell too far "
@@ -306,7 +308,8 @@ async def live(websocket: WebSocket, session_id: str, after: str | None = None,
                 await websocket.send_text(
                     f'{{"event":"{ev.kind}","id":"{ev.id}","data":{ev.data}}}')
             if websocket.application_state is WebSocketState.CONNECTED and not gone.done():
-                await websocket.close(1000)
+                # 1012: the server restarts (reconnect with ?after=); 1000: the session ended
+                await websocket.close(1012 if hub_of(state).closing else 1000)
         finally:
             gone.cancel()
     except (WebSocketDisconnect, RuntimeError) as e:  # the client left mid-send

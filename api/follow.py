@@ -242,6 +242,8 @@ class SessionFollow:
                     self.cursor = self.cursor.advanced("partial", eid)
                 if data is not None:
                     yield LiveEvent(kind.value, self.cursor.event_id, data)
+            if terminal is None and follower.closed:
+                return  # the API is shutting down: the client resumes with its last id
             if terminal is None and follower.overflowed and not follower.queue:
                 assert self.cursor is not None
                 yield LiveEvent("error", self.cursor.event_id,

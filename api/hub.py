@@ -91,12 +91,13 @@ class Follower:
     Lean on purpose (a process holds thousands): a plain list and a future made only while
     the follower waits, not an asyncio.Queue or Event with their own deques."""
 
-    __slots__ = ("_waiter", "channel", "limit", "overflowed", "queue", "statuses")
+    __slots__ = ("_waiter", "channel", "closed", "limit", "overflowed", "queue", "statuses")
 
     def __init__(self, limit: int, statuses: frozenset[str] = frozenset()):
         self.queue: list[Item] = []
         self.limit = limit
         self.overflowed = False
+        self.closed = False  # the process is shutting down: end the stream
         self.channel: Channel | None = None
         self.statuses = statuses  # firehose filter (empty: every status)
         self._waiter: asyncio.Future[None] | None = None
@@ -117,15 +118,16 @@ class Follower:
         return True
 
     async def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for items (or the overflow); True if there are."""
-        if self.queue or self.overflowed:
+        """Wait up to ``timeout`` seconds for items (or the overflow, or the end); True if
+        there are."""
+        if self.queue or self.overflowed or self.closed:
             return True
         self._waiter = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(timeout):
                 await self._waiter
         except TimeoutError:
-            return bool(self.queue) or self.overflowed
+            return bool(self.queue) or self.overflowed or self.closed
         finally:
             self._waiter = None
         return True
@@ -175,6 +177,7 @@ class EventHub:
         self._channels: dict[str, Channel] = {}
         self._by_key: dict[bytes, tuple[Channel, Kind]] = {}
         self._firehose: set[Follower] = set()
+        self.closing = False
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._life_key = keys.lifecycle
         self._life_pos = ""  # set when the reader starts
@@ -225,6 +228,7 @@ class EventHub:
                 self._by_key[key.encode()] = (ch, kind)
             self._wake()
         f = Follower(self.queue_limit)
+        f.closed = self.closing
         f.channel = ch
         ch.followers.add(f)
         return f, list(ch.pos)
@@ -241,9 +245,22 @@ class EventHub:
             for key in ch.keys:
                 self._by_key.pop(key.encode(), None)
 
+    def close_followers(self) -> int:
+        """End every follower's stream (the process is shutting down; clients resume with
+        their last event id elsewhere) and refuse no one new: the server stops accepting.
+        How many were told."""
+        self.closing = True
+        told = 0
+        for f in [*self._firehose, *(f for c in self._channels.values() for f in c.followers)]:
+            f.closed = True
+            f._wake()
+            told += 1
+        return told
+
     def join_firehose(self, statuses: Iterable[str] = ()) -> Follower:
         """Follow every session's lifecycle events (only ``statuses`` if given)."""
         f = Follower(self.queue_limit, frozenset(statuses))
+        f.closed = self.closing
         self._firehose.add(f)
         return f
 
