@@ -193,7 +193,6 @@ async def firehose(
         raise HTTPException(503, BUSY, headers={"Retry-After": RETRY_AFTER})
     hub = hub_of(state)
     wanted = frozenset(s.value for s in status or ())
-    follower = hub.join_firehose(wanted)  # first, so nothing between catch-up and live is lost
     state.live_streams += 1
     keepalive = state.options.keepalive_seconds
     r = redis_of(state)
@@ -221,6 +220,9 @@ async def firehose(
                     yield after, d
             if len(page or ()) < state.options.batch:
                 return
+
+    # joined before the head is sent and the catch-up read, so nothing is lost in between
+    follower = hub.join_firehose(wanted)
 
     async def stream(disconnected: Disconnected) -> AsyncIterator[str]:
         last = resume or "0-0"
@@ -250,7 +252,13 @@ async def firehose(
         finally:
             hub.leave(follower)
 
-    return EventStream(stream, _release(state), SSE_HEADERS)
+    release = _release(state)
+
+    def close() -> None:  # also when the stream never runs
+        hub.leave(follower)
+        release()
+
+    return EventStream(stream, close, SSE_HEADERS)
 
 
 async def _refuse(websocket: WebSocket, code: int, detail: str,

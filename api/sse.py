@@ -91,7 +91,7 @@ class EventStream(Response):
     StreamingResponse opens a task group with a second task waiting for the client's
     disconnect, and the route runs inside FastAPI's whole middleware and routing chain (a
     dozen coroutine frames and three exit stacks); held by thousands of followers that is most
-    of the API's memory. Behind :class:`DetachedStreams` this response is handed over when the
+    of the API's memory. Under :func:`run_detaching` this response is handed over when the
     route returns, and runs in the connection's own task once that chain has unwound. A
     departed client is noticed by the stream's own ``disconnected`` check (at its next
     keep-alive). Status, headers and body are the same as StreamingResponse's.
@@ -111,7 +111,7 @@ class EventStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         detached = scope.get(DETACH)
         if detached is not None:
-            detached.append(self)  # DetachedStreams runs it once the route has returned
+            detached.append(self)  # run_detaching runs it once the route has returned
             return
         await self.run(receive, send)
 
