@@ -49,7 +49,8 @@ def create_app(settings: Settings, redis_url: str,
                                       opts.pool_timeout_seconds)
         state.hub = EventHub(redis_url, state.keys, state.redis, queue_limit=opts.queue_limit,
                              batch=opts.batch, block_ms=int(opts.poll_seconds * 1000),
-                             status_check_seconds=opts.status_check_seconds)
+                             status_check_seconds=opts.status_check_seconds,
+                             tick_seconds=min(0.5, opts.keepalive_seconds / 3))
         # Followers' own reads (catch-up, the last finals) take at most all but two pooled
         # connections, so request routes and readiness always find one.
         state.follower_gate = asyncio.Semaphore(max(1, opts.redis_connections - 2))

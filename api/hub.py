@@ -91,7 +91,8 @@ class Follower:
     Lean on purpose (a process holds thousands): a plain list and a future made only while
     the follower waits, not an asyncio.Queue or Event with their own deques."""
 
-    __slots__ = ("_waiter", "channel", "closed", "limit", "overflowed", "queue", "statuses")
+    __slots__ = ("_waiter", "channel", "closed", "deadline", "limit", "overflowed", "queue",
+                 "statuses")
 
     def __init__(self, limit: int, statuses: frozenset[str] = frozenset()):
         self.queue: list[Item] = []
@@ -101,6 +102,7 @@ class Follower:
         self.channel: Channel | None = None
         self.statuses = statuses  # firehose filter (empty: every status)
         self._waiter: asyncio.Future[None] | None = None
+        self.deadline = 0.0  # loop time at which a wait ends without items
 
     def _wake(self) -> None:
         w = self._waiter
@@ -118,19 +120,19 @@ class Follower:
         return True
 
     async def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for items (or the overflow, or the end); True if
-        there are."""
+        """Wait about ``timeout`` seconds (to the hub's next tick past it) for items, the
+        overflow or the end; True if there are. No timer of its own: the hub's one ticker
+        ends waits past their deadline, which saves a timer per event per follower."""
         if self.queue or self.overflowed or self.closed:
             return True
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + timeout
+        self._waiter = loop.create_future()
         try:
-            async with asyncio.timeout(timeout):
-                await self._waiter
-        except TimeoutError:
-            return bool(self.queue) or self.overflowed or self.closed
+            await self._waiter
         finally:
             self._waiter = None
-        return True
+        return bool(self.queue) or self.overflowed or self.closed
 
     def take(self) -> list[Item]:
         """Every queued item, in order."""
@@ -164,7 +166,7 @@ class EventHub:
 
     def __init__(self, url: str, keys: Keys, routes: aioredis.Redis, *, queue_limit: int = 1000,
                  batch: int = 200, block_ms: int = 1000, status_check_seconds: float = 5.0,
-                 cluster_poll_ms: float = 20.0):
+                 cluster_poll_ms: float = 20.0, tick_seconds: float = 0.5):
         self.url = url
         self.keys = keys
         self.routes = routes
@@ -174,6 +176,7 @@ class EventHub:
         self.block_ms = max(1, block_ms)
         self.status_check_seconds = status_check_seconds
         self.cluster_poll_ms = cluster_poll_ms
+        self.tick_seconds = tick_seconds
         self._channels: dict[str, Channel] = {}
         self._by_key: dict[bytes, tuple[Channel, Kind]] = {}
         self._firehose: set[Follower] = set()
@@ -411,8 +414,33 @@ class EventHub:
         last = await self.routes.xrevrange(self._life_key, count=1)
         self._life_pos = _s(last[0][0] or b"0-0") if last else "0-0"
 
+    def expire_waits(self, now: float) -> int:
+        """End the waits of followers whose deadline has passed; how many."""
+        ended = 0
+        for f in [*self._firehose, *(f for c in self._channels.values() for f in c.followers)]:
+            if f._waiter is not None and f.deadline <= now:
+                f._wake()
+                ended += 1
+        return ended
+
+    async def _tick(self) -> None:
+        """The one timer of every follower's wait (see Follower.wait)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.tick_seconds)
+            self.expire_waits(loop.time())
+
     async def run(self) -> None:
-        """Read until cancelled; Redis outages are retried with backoff, positions kept."""
+        """Read until cancelled; Redis outages are retried with backoff, positions kept.
+        Also runs the followers' wait ticker for as long as it runs."""
+        async with asyncio.TaskGroup() as tg:
+            ticker = tg.create_task(self._tick())
+            try:
+                await self._read_loop()
+            finally:
+                ticker.cancel()
+
+    async def _read_loop(self) -> None:
         backoff = 0.05
         if not self.cluster:
             self._reader = aioredis.Redis(connection_pool=self.routes.connection_pool.__class__(
