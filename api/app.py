@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from redis.exceptions import RedisError
+from starlette.types import Receive, Scope, Send
 
 from api import (
     errors,
@@ -23,6 +24,7 @@ from api import (
 )
 from api.auth import declared
 from api.hub import EventHub
+from api.sse import run_detaching
 from api.state import ApiOptions, ApiState
 from api.webhooks import WebhookDispatcher
 from voxq import __version__, redaction
@@ -33,6 +35,14 @@ from voxq.settings import Settings
 
 log = logging.getLogger("voxq.api")
 BACKFILL_SECONDS = 60.0  # the longest the once-per-deployment tenant backfill holds up startup
+
+
+class VoxqApi(FastAPI):
+    """The FastAPI app, whose live SSE streams run once its middleware and routing chain has
+    returned (api.sse.run_detaching): thousands of followers do not each hold that chain."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await run_detaching(super().__call__, scope, receive, send)
 
 
 def create_app(settings: Settings, redis_url: str,
@@ -52,7 +62,8 @@ def create_app(settings: Settings, redis_url: str,
                                       opts.pool_timeout_seconds)
         state.hub = EventHub(redis_url, state.keys, state.redis, queue_limit=opts.queue_limit,
                              batch=opts.batch, block_ms=int(opts.poll_seconds * 1000),
-                             status_check_seconds=opts.status_check_seconds)
+                             status_check_seconds=opts.status_check_seconds,
+                             tick_seconds=min(0.5, opts.keepalive_seconds / 3))
         # Followers' own reads (catch-up, the last finals) take at most all but two pooled
         # connections, so request routes and readiness always find one.
         state.follower_gate = asyncio.Semaphore(max(1, opts.redis_connections - 2))
@@ -80,7 +91,7 @@ def create_app(settings: Settings, redis_url: str,
             client, state.redis = state.redis, None
             await client.aclose()
 
-    app = FastAPI(title="voxq API", version=__version__, lifespan=lifespan,
+    app = VoxqApi(title="voxq API", version=__version__, lifespan=lifespan,
                   openapi_url=None, docs_url=None, redoc_url=None,
                   description="Sessions, transcripts and live events of voxq's Redis bus.")
     app.state.api = state

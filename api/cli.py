@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import signal
 import socket
 import threading
@@ -18,6 +19,8 @@ from api.app import create_app
 from api.connection_guard import ConnectionLimits, ensure_descriptors, guarded_protocol
 from voxq.redis_conn import redis_url
 from voxq.settings import Settings, get_settings
+
+log = logging.getLogger("voxq.api")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -89,6 +92,21 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+class ApiServer(uvicorn.Server):
+    """uvicorn's server, which ends every live follower's stream as it starts to shut down:
+    the streams finish cleanly (clients resume with their last event id) instead of running
+    until the graceful timeout and being cancelled, each with a traceback in the log."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        state = getattr(getattr(self.config.app, "state", None), "api", None)
+        hub = getattr(state, "hub", None)
+        if hub is not None:
+            told = hub.close_followers()
+            if told:
+                log.info("ending %d live followers before shutting down", told)
+        await super().shutdown(sockets)
+
+
 def server_config(app: FastAPI, settings: Settings, limits: ConnectionLimits) -> uvicorn.Config:
     """uvicorn's configuration: the guarded h11 protocol and every limit from settings; logs go
     through voxq's handlers (log_config=None), where repeated records are bounded."""
@@ -107,6 +125,11 @@ def run(args: argparse.Namespace) -> int:
     port = settings.api_port if args.port is None else args.port
     cap = ensure_descriptors(settings.api_max_connections, settings.api_backlog,
                              configured="api_max_connections" in settings.model_fields_set)
+    if settings.api_max_followers >= cap and settings.model_fields_set & {
+            "api_max_followers", "api_max_connections"}:
+        log.warning("VOXQ_API_MAX_FOLLOWERS (%d) is not below the connection cap (%d): "
+                    "followers past the cap are closed instead of answered 503; raise "
+                    "VOXQ_API_MAX_CONNECTIONS above it", settings.api_max_followers, cap)
     limits = ConnectionLimits(header_timeout=settings.api_header_timeout_seconds,
                               body_timeout=settings.api_body_timeout_seconds,
                               max_connections=cap)
@@ -121,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"voxq api: listening on {url_of(sock)} (docs at {url_of(sock)}/docs)",
               flush=True)
         try:
-            uvicorn.Server(config).run(sockets=[sock])
+            ApiServer(config).run(sockets=[sock])
         finally:
             sock.close()
     return 0

@@ -12,11 +12,11 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, WebSocket
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from api import sse
@@ -25,7 +25,7 @@ from api.errors import short
 from api.follow import KEEPALIVE, SessionFollow
 from api.hub import EventHub, Kind
 from api.models import ErrorOut
-from api.sse import Cursor, stream_id_key
+from api.sse import Cursor, Disconnected, EventStream, stream_id_key
 from api.state import ApiState, api_state, redis_of
 from voxq.access import Principal, Scope, tenant_of
 from voxq.errors import InvalidInput, InvalidSessionId, MalformedRecord, UnknownSession
@@ -93,20 +93,19 @@ def unreadable_status(e: MalformedRecord, cursor: Cursor) -> str:
     return sse.message("status", json.dumps(info, separators=(",", ":")), cursor.event_id)
 
 
-async def _counted(state: ApiState, stream: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Count the stream among the live ones for as long as it runs."""
-    try:
-        async for chunk in stream:
-            yield chunk
-    finally:
+def _release(state: ApiState) -> Callable[[], None]:
+    """What an ending stream calls: it no longer counts among the live ones."""
+    def release() -> None:
         state.live_streams -= 1
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+    return release
 
 
-async def _sse(follow: SessionFollow, request: Request, keepalive: float) -> AsyncIterator[str]:
-    async for ev in follow.events(request.is_disconnected, keepalive):
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def _sse(follow: SessionFollow, disconnected: Disconnected,
+               keepalive: float) -> AsyncIterator[str]:
+    async for ev in follow.events(disconnected, keepalive):
         yield sse.comment() if ev is KEEPALIVE else sse.message(ev.kind, ev.data, ev.id)
 
 
@@ -136,7 +135,7 @@ async def events(
     last_event_id_q: Annotated[str | None, Query(
         alias="last_event_id", description="Fallback for the Last-Event-ID header.")] = None,
     wait: Annotated[float, WAIT_QUERY] = 0,
-) -> StreamingResponse:
+) -> Response:
     """Stream the session's events; without Last-Event-ID, replay the finals so far first."""
     sid = validate_session_id(session_id)
     resume = last_event_id or last_event_id_q
@@ -164,10 +163,9 @@ async def events(
     except BaseException:
         state.live_streams -= 1
         raise
-    return StreamingResponse(
-        _counted(state, _sse(follow, request, state.options.keepalive_seconds)),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    keepalive = state.options.keepalive_seconds
+    return EventStream(lambda disconnected: _sse(follow, disconnected, keepalive),
+                       _release(state), SSE_HEADERS)
 
 
 @router.get(
@@ -191,7 +189,7 @@ async def firehose(
         alias="last_event_id", description="Fallback for the Last-Event-ID header: resume "
                                            "after this event (the lifecycle stream is capped)."
     )] = None,
-) -> StreamingResponse:
+) -> Response:
     """Every session's lifecycle events from now on, or from after Last-Event-ID."""
     resume = (last_event_id or last_event_id_q or "").strip()
     if resume and not STREAM_ID_RE.fullmatch(resume):
@@ -201,7 +199,6 @@ async def firehose(
         raise HTTPException(503, BUSY, headers={"Retry-After": RETRY_AFTER})
     hub = hub_of(state)
     wanted = frozenset(s.value for s in status or ())
-    follower = hub.join_firehose(wanted)  # first, so nothing between catch-up and live is lost
     state.live_streams += 1
     keepalive = state.options.keepalive_seconds
     r = redis_of(state)
@@ -241,7 +238,10 @@ async def firehose(
             if len(page or ()) < state.options.batch:
                 return
 
-    async def stream() -> AsyncIterator[str]:
+    # joined before the head is sent and the catch-up read, so nothing is lost in between
+    follower = hub.join_firehose(wanted)
+
+    async def stream(disconnected: Disconnected) -> AsyncIterator[str]:
         last = resume or "0-0"
         try:
             if resume:
@@ -251,7 +251,7 @@ async def firehose(
                         data, separators=(",", ":")), eid)
             while True:
                 if not await follower.wait(keepalive):
-                    if await request.is_disconnected():
+                    if await disconnected():
                         return
                     yield sse.comment()
                     continue
@@ -260,6 +260,8 @@ async def firehose(
                             and await visible(str(data["session_id"])):
                         yield sse.message(data["status"], json.dumps(
                             data, separators=(",", ":")), eid)
+                if follower.closed:
+                    return  # the API is shutting down
                 if follower.overflowed:
                     yield sse.message("error", json.dumps(
                         {"error": "slow_consumer", "detail": "this follower fell too far "
@@ -268,8 +270,13 @@ async def firehose(
         finally:
             hub.leave(follower)
 
-    return StreamingResponse(_counted(state, stream()), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    release = _release(state)
+
+    def close() -> None:  # also when the stream never runs
+        hub.leave(follower)
+        release()
+
+    return EventStream(stream, close, SSE_HEADERS)
 
 
 async def _refuse(websocket: WebSocket, code: int, detail: str,
@@ -330,7 +337,8 @@ async def live(websocket: WebSocket, session_id: str, after: str | None = None,
                 await websocket.send_text(
                     f'{{"event":"{ev.kind}","id":"{ev.id}","data":{ev.data}}}')
             if websocket.application_state is WebSocketState.CONNECTED and not gone.done():
-                await websocket.close(1000)
+                # 1012: the server restarts (reconnect with ?after=); 1000: the session ended
+                await websocket.close(1012 if hub_of(state).closing else 1000)
         finally:
             gone.cancel()
     except (WebSocketDisconnect, RuntimeError) as e:  # the client left mid-send

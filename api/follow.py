@@ -75,6 +75,9 @@ class SessionFollow:
     """The events of one session for one client, from ``cursor`` (None: every final so far
     and partials from now on) until its terminal status, the client's departure or a cut-off."""
 
+    __slots__ = ("_start", "batch", "cursor", "follower", "gate", "hub", "keys", "r",
+                 "retry_seconds", "sid")
+
     def __init__(self, hub: EventHub, r: aioredis.Redis, keys: Keys, sid: str,
                  cursor: Cursor | None, batch: int, gate: asyncio.Semaphore | None = None,
                  retry_seconds: float = 30.0):
@@ -183,6 +186,7 @@ class SessionFollow:
         if self._start is None and not await self.start():
             return  # vanished (expired or deleted) before the stream began
         (raw_status, raw_error), last_status, last_partial, finals, *partials = self._start
+        self._start = None  # a live follower keeps no page of the catch-up alive
         if self.cursor is None:
             newest = _s(last_partial[0][0]) if last_partial else "0-0"
             self.cursor = Cursor(final="0-0", partial=newest)
@@ -196,6 +200,7 @@ class SessionFollow:
         status_pos = _s(last_status[0][0]) if last_status else "0-0"
         async for ev in self._stored(first=first):
             yield ev
+        del first, finals, partials, last_status, last_partial  # nor in this frame
         follower, (hub_final, hub_partial, hub_status) = self.hub.join(
             sid, self.cursor.final, self.cursor.partial, status_pos)
         self.follower = follower
@@ -242,6 +247,8 @@ class SessionFollow:
                     self.cursor = self.cursor.advanced("partial", eid)
                 if data is not None:
                     yield LiveEvent(kind.value, self.cursor.event_id, data)
+            if terminal is None and follower.closed:
+                return  # the API is shutting down: the client resumes with its last id
             if terminal is None and follower.overflowed and not follower.queue:
                 assert self.cursor is not None
                 yield LiveEvent("error", self.cursor.event_id,

@@ -32,7 +32,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
@@ -54,6 +54,7 @@ from voxq.records import Status
 log = logging.getLogger("voxq.api.hub")
 
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+XREAD_COUNT, BLOCK, STREAMS = b"$5\r\nXREAD\r\n$5\r\nCOUNT\r\n", b"$5\r\nBLOCK\r\n", b"$7\r\nSTREAMS\r\n"
 VENDOR_CACHE = 20_000  # session ids whose vendor the firehose remembers
 
 
@@ -88,56 +89,78 @@ def _s(v: bytes | str) -> str:
 
 
 class Follower:
-    """One follower's bounded queue of items and its wake-up."""
+    """One follower's bounded queue of items and its wake-up.
 
-    __slots__ = ("_event", "channel", "limit", "overflowed", "queue", "statuses")
+    Lean on purpose (a process holds thousands): a plain list and a future made only while
+    the follower waits, not an asyncio.Queue or Event with their own deques."""
+
+    __slots__ = ("_waiter", "channel", "closed", "deadline", "limit", "overflowed", "queue",
+                 "statuses")
 
     def __init__(self, limit: int, statuses: frozenset[str] = frozenset()):
-        self.queue: deque[Item] = deque()
+        self.queue: list[Item] = []
         self.limit = limit
         self.overflowed = False
+        self.closed = False  # the process is shutting down: end the stream
         self.channel: Channel | None = None
         self.statuses = statuses  # firehose filter (empty: every status)
-        self._event = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
+        self.deadline = 0.0  # loop time at which a wait ends without items
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
 
     def push(self, item: Item) -> bool:
         """Queue an item; False (and overflowed) if the queue is full."""
         if len(self.queue) >= self.limit:
             self.overflowed = True
-            self._event.set()
+            self._wake()
             return False
         self.queue.append(item)
-        self._event.set()
+        self._wake()
         return True
 
     async def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for items (or the overflow); True if there are."""
-        if self.queue or self.overflowed:
+        """Wait about ``timeout`` seconds (to the hub's next tick past it) for items, the
+        overflow or the end; True if there are. No timer of its own: the hub's one ticker
+        ends waits past their deadline, which saves a timer per event per follower."""
+        if self.queue or self.overflowed or self.closed:
             return True
-        self._event.clear()
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + timeout
+        self._waiter = loop.create_future()
         try:
-            async with asyncio.timeout(timeout):
-                await self._event.wait()
-        except TimeoutError:
-            return bool(self.queue) or self.overflowed
-        return True
+            await self._waiter
+        finally:
+            self._waiter = None
+        return bool(self.queue) or self.overflowed or self.closed
 
     def take(self) -> list[Item]:
         """Every queued item, in order."""
-        items = list(self.queue)
-        self.queue.clear()
+        items, self.queue = self.queue, []
         return items
 
 
-class Channel:
-    """The followers of one session and the hub's read positions in its three streams."""
+def bulk(v: str) -> bytes:
+    """One RESP bulk string (a command argument as sent on the wire)."""
+    b = v.encode()
+    return b"$%d\r\n%s\r\n" % (len(b), b)
 
-    __slots__ = ("followers", "keys", "pos", "sid")
+
+class Channel:
+    """The followers of one session and the hub's read positions in its three streams (also
+    kept as RESP arguments, so each XREAD is assembled without encoding every key again)."""
+
+    __slots__ = ("followers", "keys", "kwire", "pos", "pwire", "sid")
 
     def __init__(self, sid: str, keys: tuple[str, str, str], pos: list[str]):
         self.sid = sid
         self.keys = keys  # final, partial, status
         self.pos = pos
+        self.kwire = [bulk(k) for k in keys]
+        self.pwire = [bulk(p) for p in pos]
         self.followers: set[Follower] = set()
 
 
@@ -146,7 +169,7 @@ class EventHub:
 
     def __init__(self, url: str, keys: Keys, routes: aioredis.Redis, *, queue_limit: int = 1000,
                  batch: int = 200, block_ms: int = 1000, status_check_seconds: float = 5.0,
-                 cluster_poll_ms: float = 20.0):
+                 cluster_poll_ms: float = 20.0, tick_seconds: float = 0.5):
         self.url = url
         self.keys = keys
         self.routes = routes
@@ -156,14 +179,17 @@ class EventHub:
         self.block_ms = max(1, block_ms)
         self.status_check_seconds = status_check_seconds
         self.cluster_poll_ms = cluster_poll_ms
+        self.tick_seconds = tick_seconds
         self._channels: dict[str, Channel] = {}
         self._by_key: dict[bytes, tuple[Channel, Kind]] = {}
         self._firehose: set[Follower] = set()
+        self.closing = False
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._life_key = keys.lifecycle
         self._life_pos = ""  # set when the reader starts
         self._vendors: OrderedDict[str, str] = OrderedDict()
         self._reader: aioredis.Redis | None = None
+        self._conn: Any = None  # the reader's one connection (single Redis)
         self._reader_id: int | None = None
         self._blocked = False
         self._unblocking = False
@@ -208,6 +234,7 @@ class EventHub:
                 self._by_key[key.encode()] = (ch, kind)
             self._wake()
         f = Follower(self.queue_limit)
+        f.closed = self.closing
         f.channel = ch
         ch.followers.add(f)
         return f, list(ch.pos)
@@ -224,9 +251,22 @@ class EventHub:
             for key in ch.keys:
                 self._by_key.pop(key.encode(), None)
 
+    def close_followers(self) -> int:
+        """End every follower's stream (the process is shutting down; clients resume with
+        their last event id elsewhere) and refuse no one new: the server stops accepting.
+        How many were told."""
+        self.closing = True
+        told = 0
+        for f in [*self._firehose, *(f for c in self._channels.values() for f in c.followers)]:
+            f.closed = True
+            f._wake()
+            told += 1
+        return told
+
     def join_firehose(self, statuses: Iterable[str] = ()) -> Follower:
         """Follow every session's lifecycle events (only ``statuses`` if given)."""
         f = Follower(self.queue_limit, frozenset(statuses))
+        f.closed = self.closing
         self._firehose.add(f)
         return f
 
@@ -282,6 +322,7 @@ class EventHub:
         for eid_raw, fields in entries:
             eid = _s(eid_raw)
             ch.pos[idx] = eid
+            ch.pwire[idx] = bulk(eid)
             self.entries += 1
             data: Any
             switch = decode_vendor_switch(fields) if kind is Kind.STATUS else None
@@ -381,8 +422,33 @@ class EventHub:
         last = await self.routes.xrevrange(self._life_key, count=1)
         self._life_pos = _s(last[0][0] or b"0-0") if last else "0-0"
 
+    def expire_waits(self, now: float) -> int:
+        """End the waits of followers whose deadline has passed; how many."""
+        ended = 0
+        for f in [*self._firehose, *(f for c in self._channels.values() for f in c.followers)]:
+            if f._waiter is not None and f.deadline <= now:
+                f._wake()
+                ended += 1
+        return ended
+
+    async def _tick(self) -> None:
+        """The one timer of every follower's wait (see Follower.wait)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.tick_seconds)
+            self.expire_waits(loop.time())
+
     async def run(self) -> None:
-        """Read until cancelled; Redis outages are retried with backoff, positions kept."""
+        """Read until cancelled; Redis outages are retried with backoff, positions kept.
+        Also runs the followers' wait ticker for as long as it runs."""
+        async with asyncio.TaskGroup() as tg:
+            ticker = tg.create_task(self._tick())
+            try:
+                await self._read_loop()
+            finally:
+                ticker.cancel()
+
+    async def _read_loop(self) -> None:
         delays = backoff.REDIS.delays()
         if not self.cluster:
             self._reader = aioredis.Redis(connection_pool=self.routes.connection_pool.__class__(
@@ -402,7 +468,6 @@ class EventHub:
                 except REDIS_DOWN as e:
                     _reraise_if_cancelling()
                     self.errors += 1
-                    self._reader_id = None
                     log.warning("hub: Redis unavailable (%s); retrying", e)
                     await asyncio.sleep(next(delays))
                 except RedisError as e:
@@ -414,29 +479,68 @@ class EventHub:
                             await self.routes.nodes_manager.initialize()  # type: ignore[attr-defined]
                     await asyncio.sleep(next(delays))
         finally:
+            await self._drop_connection()
             reader, self._reader = self._reader, None
             if reader is not None:
                 await reader.aclose()
                 await reader.connection_pool.disconnect()
 
+    def packed_xread(self, block: int) -> bytes:
+        """The XREAD BLOCK over every stream, as bytes on the wire. Packed from each channel's
+        cached arguments: redis-py's packing of a command naming thousands of streams costs
+        milliseconds per round, more than everything else the hub does."""
+        chans = self._channels.values()
+        n = 1 + 3 * len(self._channels)
+        parts = [b"*%d\r\n" % (6 + 2 * n), XREAD_COUNT, bulk(str(self.batch)), BLOCK,
+                 bulk(str(block)), STREAMS, bulk(self._life_key)]
+        for ch in chans:
+            parts.extend(ch.kwire)
+        parts.append(bulk(self._life_pos))
+        for ch in chans:
+            parts.extend(ch.pwire)
+        return b"".join(parts)
+
+    async def _connection(self) -> Any:
+        """The reader's connection, connected, with its client id known (for CLIENT UNBLOCK)."""
+        if self._conn is None:
+            assert self._reader is not None
+            conn = await self._reader.connection_pool.get_connection()
+            self._conn = conn
+            try:
+                await conn.send_command("CLIENT", "ID")
+                self._reader_id = int(await conn.read_response())
+            except BaseException:
+                await self._drop_connection()
+                raise
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        """Close the reader's connection (after an error or a cancellation mid-read, when a
+        reply may still be on its way) and give it back to its pool."""
+        conn, self._conn, self._reader_id = self._conn, None, None
+        if conn is None or self._reader is None:
+            return
+        await conn.disconnect(nowait=True)
+        await self._reader.connection_pool.release(conn)
+
     async def _read_blocking(self) -> None:
         """One XREAD BLOCK over every stream (single Redis)."""
-        reader = self._reader
-        assert reader is not None
-        if self._reader_id is None:
-            self._reader_id = int(await reader.client_id())
+        conn = await self._connection()
         self._changed.clear()
-        keys, ids = self._streams()
         block = self.block_ms
         if self.status_check_seconds > 0:
             left = self._next_check - time.monotonic()
             block = max(1, min(block, int(left * 1000)))
+        packed = self.packed_xread(block)
         self._blocked = True
         try:
-            reply = await reader.execute_command("XREAD", "COUNT", self.batch, "BLOCK", block,
-                                                 "STREAMS", *keys, *ids)
-        finally:
+            await conn.send_packed_command(packed, check_health=False)
+            reply = await conn.read_response()
+        except BaseException:
             self._blocked = False
+            await self._drop_connection()
+            raise
+        self._blocked = False
         self.dispatch(reply)
 
     async def _read_cluster(self) -> None:

@@ -702,30 +702,47 @@ async def e2e_measure(rig: Rig, api: str, n: int, pids: dict[str, int], cfg: Con
         await probe.stop()
 
 
+E2E_DESIGNS = ("hub", "per-follower")
+
+
 def end_to_end(cfg: Config, logdir: Path, worker_cpus: set[int] | None,
-               harness: set[int] | None) -> dict[str, Any]:
-    """XADD → final on the API's SSE stream (``voxq api``), at ``e2e_sessions`` sessions,
-    one final per session-second; the API and the SSE client share the harness cores."""
+               harness: set[int] | None, design: str = "hub") -> dict[str, Any]:
+    """XADD → final on the API's SSE stream at ``e2e_sessions`` sessions, one final per
+    session-second; the API and the SSE client share the harness cores. ``hub``: ``voxq api``
+    (its event hub); ``per-follower``: the design it replaced (bench/per_follower_events.py,
+    one blocking XREAD on its own pooled connection per follower), the baseline."""
     n = cfg.e2e_sessions
-    rig = start_rig(cfg, logdir, harness, "e2e", 10)
-    worker = start_worker("voxq", rig, worker_cpus, cfg, "e2e-worker")
+    load0 = os.getloadavg()[0]
+    rig = start_rig(cfg, logdir, harness, f"e2e-{design}", 10)
+    worker = start_worker("voxq", rig, worker_cpus, cfg, f"e2e-{design}-worker")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VOXQ_", "REDIS_"))}
-    # every SSE stream holds one pooled connection (a blocking XREAD): the pool must be larger
-    # than redis-py's default of 100 for 500 streams
-    env.update({"REDIS_URL": f"{rig.redis.url}?max_connections={2 * n + 100}",
-                "VOXQ_PREFIX": rig.prefix, "VOXQ_LOG_LEVEL": "WARNING"})
-    api = subprocess.Popen([sys.executable, "-m", "voxq", "api", "--port", "0"], env=env,
-                           stdout=subprocess.PIPE, stderr=(logdir / "e2e-api.log").open("ab"),
-                           text=True)
+    env.update({"REDIS_URL": rig.redis.url, "VOXQ_PREFIX": rig.prefix,
+                "VOXQ_LOG_LEVEL": "WARNING"})
+    port = free_port()
+    if design == "hub":
+        cmd = [sys.executable, "-m", "voxq", "api", "--port", "0"]
+    else:
+        # every follower holds one pooled connection: the pool must exceed redis-py's default
+        # of 100 for 500 followers
+        env["REDIS_URL"] = f"{rig.redis.url}?max_connections={2 * n + 100}"
+        cmd = [sys.executable, str(BENCH / "followers.py"), "--serve-baseline", str(port)]
+    api = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                           stderr=(logdir / f"e2e-{design}-api.log").open("ab"), text=True)
     pin(api.pid, harness)
     try:
         assert api.stdout is not None
-        m = re.search(r"http://[0-9.]+:\d+", api.stdout.readline())
-        if m is None:
-            return {"error": "the API did not start"}
+        if design == "hub":
+            m = re.search(r"http://[0-9.]+:\d+", api.stdout.readline())
+            url = m.group(0) if m else None
+        else:
+            url = f"http://127.0.0.1:{port}" if wait_port(port, 60) else None
+        if url is None:
+            return {"design": design, "error": "the API did not start"}
         pids = {"worker": worker.pid, "api": api.pid, "harness": os.getpid(), **{
             f"rig{i}": p for i, p in enumerate(rig.pids())}}
-        return asyncio.run(e2e_measure(rig, m.group(0), n, pids, cfg))
+        out = {"design": design, **asyncio.run(e2e_measure(rig, url, n, pids, cfg))}
+        out["loadavg"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+        return out
     finally:
         api.terminate()
         worker.terminate()
@@ -735,6 +752,17 @@ def end_to_end(cfg: Config, logdir: Path, worker_cpus: set[int] | None,
             except subprocess.TimeoutExpired:
                 p.kill()
         rig.close()
+
+
+def wait_port(port: int, timeout: float) -> bool:
+    """Whether something listens on 127.0.0.1:``port`` within ``timeout`` seconds."""
+    import socket
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 # --- report -----------------------------------------------------------------------------
@@ -778,6 +806,11 @@ def main() -> None:
     ap.add_argument("--no-idle", action="store_true", help="skip RSS per idle session")
     ap.add_argument("--no-e2e", action="store_true", help="skip the SSE end-to-end latency")
     ap.add_argument("--e2e-sessions", type=int, default=500)
+    ap.add_argument("--e2e-designs", default=",".join(E2E_DESIGNS),
+                    help="API designs of the SSE end-to-end probe: hub (voxq api) and the "
+                         "per-follower baseline, in the same run")
+    ap.add_argument("--e2e-only", action="store_true",
+                    help="only the SSE end-to-end probe (no ramps, idle memory, Redis bytes)")
     ap.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the worker under test (repeatable)")
     ap.add_argument("--worker-script", default=None,
@@ -788,6 +821,8 @@ def main() -> None:
     ap.add_argument("--naive-uvloop", action="store_true",
                     help="run the naive worker on uvloop too (default: stock asyncio)")
     args = ap.parse_args()
+    if args.e2e_only:
+        args.designs, args.no_idle, args.no_e2e = "", True, False
     if args.quick:
         steps = args.steps or [250, 1000, 2000]
         cfg = Config(steps=steps, window_s=args.window or 5, warmup_s=args.warmup or 3,
@@ -839,9 +874,11 @@ def main() -> None:
                                             / v["cpu_per_session_second"], 2)
             if v["cpu_per_session_second"] and nv["cpu_per_session_second"] else None,
         }
-    out["redis_bytes_per_audio_minute"] = redis_bytes()
+    if not args.e2e_only:
+        out["redis_bytes_per_audio_minute"] = redis_bytes()
     if not args.no_e2e:
-        out["e2e_sse"] = end_to_end(cfg, logdir, worker_cpus, harness)
+        out["e2e_sse"] = {d: end_to_end(cfg, logdir, worker_cpus, harness, d)
+                          for d in args.e2e_designs.split(",") if d}
     out["run_seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(out, indent=2))
 

@@ -2,7 +2,8 @@
 (bench/per_follower_events.py), in the same run, each as its own API process on its own Redis.
 
 (a) latency: N live sessions, one SSE follower each; the harness XADDs a final stamped with
-    its send time to every session once per second; p50/p99 of XADD -> the final read on SSE.
+    its send time to every session once per second (all at once, or in ``--slices`` evenly
+    spaced slices); p50/p99 of XADD -> the final read on SSE.
 (b) fan-out: F followers over S sessions on one API process: /healthz p99 meanwhile, the API
     process's Redis connections (CLIENT LIST), RSS per follower, and whether every follower
     received every final (and how many were refused or failed).
@@ -10,10 +11,15 @@
 (d) webhooks: W sessions ending within a window, one deployment URL whose receiver (in the
     harness) fails 20 % of first attempts with 503: deliveries/s and delivery latency from the
     end event to the successful POST (p50/p99; retries wait the first backoff, 5 s).
+Floors, in the same run: RSS per idle connection of a bare uvicorn ASGI app and of an idle
+FastAPI StreamingResponse, both with voxq api's server configuration.
 
-The harness (one Python process holding every follower socket) shares a 2-core machine with
-the API and Redis; at thousands of followers it is the harness, not the API, that saturates
-first — see ``harness_cpu`` next to the API's ``api_cpu``.
+RSS per follower is counted after a warm-up and depends on how fast followers arrive
+(``--connect-rate``): the requests of a burst are in flight at once, and the memory they
+used stays with the process. Each scenario reports the load average and the CPU of the API,
+the harness and Redis: the harness (one Python process holding every follower socket)
+shares the 2 cores with them, so at thousands of followers the latencies include waiting for
+a core.
 
     python bench/followers.py --quick     # small N, short windows (~2 minutes)
     python bench/followers.py             # the issue's sizes: 500 sessions, 5,000 followers
@@ -114,15 +120,124 @@ def serve_baseline(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
+WARM = 100  # followers opened before RSS is first read (first-request allocations)
+STEP = 20  # followers opened per 50 ms (--connect-rate sets it)
+SLICES = 1  # each second's finals are written in this many evenly spaced slices (--slices)
+
+
+async def open_followers(port: int, sids: list[str], n: int, pid: int,
+                         followers: list[Follower]) -> tuple[int, float]:
+    """Open ``n`` followers over ``sids`` into ``followers`` (in batches, as clients arrive); how
+    many were answered 200, and the API's RSS per follower in KiB, counted from after the
+    first WARM (so the first requests' one-off allocations are not spread over followers)."""
+    readies: list[asyncio.Event] = []
+
+    async def batch(ks: range) -> None:
+        for k in ks:
+            f = Follower()
+            ev = asyncio.Event()
+            readies.append(ev)
+            f.task = asyncio.create_task(f.run(port, sids[k % len(sids)], ev))
+            followers.append(f)
+            if k % STEP == STEP - 1:
+                await asyncio.sleep(0.05)
+        async with asyncio.timeout(180):
+            while not all(ev.is_set() or (f.task and f.task.done())  # noqa: ASYNC110
+                          for ev, f in zip(readies, followers, strict=True)):
+                await asyncio.sleep(0.2)
+
+    warm = min(WARM, n // 10)
+    await batch(range(warm))
+    await asyncio.sleep(0.5)
+    rss0 = rss_kib(pid)
+    warm_ok = sum(1 for ev in readies if ev.is_set())
+    await batch(range(warm, n))
+    await asyncio.sleep(1.0)
+    connected = sum(1 for ev in readies if ev.is_set())
+    per = (rss_kib(pid) - rss0) / max(1, connected - warm_ok)
+    return connected, round(per, 2)
+
+
+def serve_floor(kind: str, port: int) -> None:
+    """A server with voxq api's uvicorn configuration whose every request is an idle stream:
+    ``bare`` a raw ASGI app that sends the head and one comment, then waits for the client to
+    leave (what a connection costs in uvicorn alone); ``streaming`` the same through FastAPI and
+    Starlette's StreamingResponse over an idle generator (what the API cost per follower
+    before api.sse.EventStream)."""
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
+
+    from api.cli import server_config
+    from api.connection_guard import ConnectionLimits
+    from voxq.settings import get_settings
+
+    head = [(b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache")]
+
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        await send({"type": "http.response.body", "body": b": ok\n\n", "more_body": True})
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    app: Any = bare
+    if kind == "streaming":
+        app = FastAPI()
+        forever = asyncio.Event()
+
+        async def idle() -> Any:
+            yield ": ok\n\n"
+            await forever.wait()
+
+        @app.get("/v1/sessions/{sid}/events")
+        async def events(sid: str) -> StreamingResponse:
+            return StreamingResponse(idle(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+
+    settings = get_settings()
+    limits = ConnectionLimits(max_connections=settings.api_max_connections)
+    import uvicorn
+    config = server_config(app, settings, limits)
+    config.host, config.port = "127.0.0.1", port
+    uvicorn.Server(config).run()
+
+
+async def floor_run(kind: str, connections: int, logdir: Path) -> dict[str, Any]:
+    """RSS per idle connection of a floor server (see serve_floor)."""
+    load0 = os.getloadavg()[0]
+    api = Api(f"floor-{kind}", "", logdir, {})
+    followers: list[Follower] = []
+    try:
+        await asyncio.sleep(0.5)
+        connected, per = await open_followers(
+            api.port, [f"f{k}" for k in range(100)], connections, api.proc.pid, followers)
+        return {"kind": kind, "connections": connected,
+                "rss_kib_per_connection": per,
+                "loadavg": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+    finally:
+        for f in followers:
+            if f.task is not None:
+                f.task.cancel()
+        await asyncio.gather(*(f.task for f in followers if f.task), return_exceptions=True)
+        api.close()
+
+
 class Api:
     """One API process (hub or baseline) on its own port."""
 
     def __init__(self, design: str, redis_url: str, logdir: Path, extra: dict[str, str]):
         self.port = free_port()
         env = {**os.environ, "REDIS_URL": redis_url, "VOXQ_PREFIX": PREFIX,
-               "VOXQ_API_PORT": str(self.port), "VOXQ_API_MAX_FOLLOWERS": "100000", **extra}
+               "VOXQ_API_PORT": str(self.port), "VOXQ_API_MAX_FOLLOWERS": "100000",
+               "VOXQ_API_MAX_CONNECTIONS": "15000", "VOXQ_LOG_LEVEL": "WARNING", **extra}
         if design == "hub":
             cmd = [sys.executable, "-m", "voxq", "api"]
+        elif design.startswith("floor-"):
+            env["REDIS_URL"] = "redis://127.0.0.1:1/0"  # never used
+            cmd = [sys.executable, __file__, "--serve-floor", design.removeprefix("floor-"),
+                   str(self.port)]
         else:
             cmd = [sys.executable, __file__, "--serve-baseline", str(self.port)]
         self.log = (logdir / f"api-{design}.log").open("ab")
@@ -208,33 +323,22 @@ async def follow_run(design: str, sessions: int, per_session: int, seconds: floa
                      logdir: Path) -> dict[str, Any]:
     """One scenario: S sessions, F = S * per_session followers, one stamped final per session
     per second for ``seconds``."""
+    load0 = os.getloadavg()[0]
     server = RedisServer().start()
     api = None
     followers: list[Follower] = []
     try:
         r = connect(server.url, client_name=HARNESS)
+        assert server.proc is not None
         keys = Keys(PREFIX)
         sids = [f"s{i:05d}" for i in range(sessions)]
         for i in range(0, sessions, 100):
             await asyncio.gather(*(create_session(r, keys, SessionMeta(session_id=s))
                                    for s in sids[i:i + 100]))
         api = Api(design, server.url, logdir, {})
-        rss0 = rss_kib(api.proc.pid)
-        readies = []
-        for k in range(sessions * per_session):
-            f = Follower()
-            ev = asyncio.Event()
-            readies.append(ev)
-            f.task = asyncio.create_task(f.run(api.port, sids[k % sessions], ev))
-            followers.append(f)
-            if k % 200 == 199:
-                await asyncio.sleep(0.05)
-        async with asyncio.timeout(120):
-            while not all(ev.is_set() or (f.task and f.task.done())  # noqa: ASYNC110
-                          for ev, f in zip(readies, followers, strict=True)):
-                await asyncio.sleep(0.2)
-        connected = sum(1 for ev in readies if ev.is_set())
-        await asyncio.sleep(1.0)
+        rss_start = rss_kib(api.proc.pid)
+        connected, per = await open_followers(
+            api.port, sids, sessions * per_session, api.proc.pid, followers)
         rss1 = rss_kib(api.proc.pid)
         stop = asyncio.Event()
         health: list[float] = []
@@ -243,19 +347,23 @@ async def follow_run(design: str, sessions: int, per_session: int, seconds: floa
         conns = [await api_clients(r)]
         cpu0, t0, h0 = cpu_s(api.proc.pid), time.monotonic(), resource.getrusage(
             resource.RUSAGE_SELF)
+        rcpu0 = cpu_s(server.proc.pid)
         rounds = int(seconds)
         for _ in range(rounds):
             tick = time.monotonic()
-            async with r.pipeline(transaction=False) as p:
-                for sid in sids:
-                    p.xadd(keys.final(sid), {"seq": "0", "text": f"t{time.time_ns()}",
-                                             "start": "0", "end": "1", "ch": "0"})
-                await p.execute()
+            for j in range(SLICES):
+                async with r.pipeline(transaction=False) as p:
+                    for sid in sids[j::SLICES]:
+                        p.xadd(keys.final(sid), {"seq": "0", "text": f"t{time.time_ns()}",
+                                                 "start": "0", "end": "1", "ch": "0"})
+                    await p.execute()
+                await asyncio.sleep(max(0.0, (j + 1) / SLICES - (time.monotonic() - tick)))
             conns.append(await api_clients(r))
-            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
         await asyncio.sleep(3.0)  # the last finals arrive
         elapsed = time.monotonic() - t0
         api_cpu = (cpu_s(api.proc.pid) - cpu0) / elapsed
+        redis_cpu = (cpu_s(server.proc.pid) - rcpu0) / elapsed
+        rss2 = rss_kib(api.proc.pid)
         h1 = resource.getrusage(resource.RUSAGE_SELF)
         harness_cpu = (h1.ru_utime + h1.ru_stime - h0.ru_utime - h0.ru_stime) / elapsed
         stop.set()
@@ -276,9 +384,15 @@ async def follow_run(design: str, sessions: int, per_session: int, seconds: floa
             "healthz_ms": {"p50": pct(health, 0.5), "p99": pct(health, 0.99),
                            "n": len(health), "errors": len(health_errors)},
             "redis_connections_max": max(conns),
-            "rss_kib_per_follower": round((rss1 - rss0) / max(1, connected), 2),
+            "rss_kib_per_follower": per,
+            "rss_kib_per_follower_after_finals": round(
+                per + (rss2 - rss1) / max(1, connected), 2),
+            "rss_mib": {"started": round(rss_start / 1024, 1), "followers_open":
+                        round(rss1 / 1024, 1), "after_finals": round(rss2 / 1024, 1)},
             "api_cpu": round(api_cpu, 3), "harness_cpu": round(harness_cpu, 3),
+            "redis_cpu": round(redis_cpu, 3),
             "follower_errors": errors,
+            "loadavg": [round(load0, 2), round(os.getloadavg()[0], 2)],
         }
     finally:
         for f in followers:
@@ -326,6 +440,7 @@ class Receiver:
 
 async def webhook_run(sessions: int, window: float, logdir: Path) -> dict[str, Any]:
     """W sessions ending evenly within ``window`` seconds, one deployment webhook URL."""
+    load0 = os.getloadavg()[0]
     server = RedisServer().start()
     rc = Receiver()
     srv = await asyncio.start_server(rc.handle, "127.0.0.1", rc.port)
@@ -356,7 +471,8 @@ async def webhook_run(sessions: int, window: float, logdir: Path) -> dict[str, A
                 "deliveries_per_s": round(len(rc.got) / done, 1),
                 "delivery_ms": {"p50": pct(lat, 0.5), "p99": pct(lat, 0.99),
                                 "max": pct(lat, 1.0)},
-                "note": "failed first attempts wait the first backoff (5 s +- 25 %)"}
+                "note": "failed first attempts wait the first backoff (5 s +- 25 %)",
+                "loadavg": [round(load0, 2), round(os.getloadavg()[0], 2)]}
     finally:
         srv.close()
         api.close()
@@ -366,8 +482,12 @@ async def webhook_run(sessions: int, window: float, logdir: Path) -> dict[str, A
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     logdir = Path(tempfile.mkdtemp(prefix="voxq-followers-"))
     out: dict[str, Any] = {"quick": args.quick, "cpus": os.cpu_count(),
+                           "followers_opened_per_s": STEP * 20, "final_slices_per_s": SLICES,
                            "loadavg_at_start": os.getloadavg()[0], "logs": str(logdir),
                            "latency": {}, "fanout": {}}
+    if not args.no_floors:
+        out["floor"] = {kind: await floor_run(kind, args.fan_sessions * args.per_session,
+                                              logdir) for kind in ("bare", "streaming")}
     for design in args.designs.split(","):
         out["latency"][design] = await follow_run(design, args.sessions, 1, args.seconds,
                                                   logdir)
@@ -382,6 +502,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--serve-baseline", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--serve-floor", nargs=2, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--connect-rate", type=int, default=400,
+                    help="followers opened per second (a reconnect storm: 4000; RSS per "
+                         "follower grows with it, the burst's requests being in flight at once)")
+    ap.add_argument("--slices", type=int, default=1,
+                    help="write each second's finals in this many evenly spaced slices (1: "
+                         "every session's final at the same instant, the worst case; 20: "
+                         "spread like sessions that end their phrases independently)")
+    ap.add_argument("--no-floors", action="store_true",
+                    help="skip the per-connection floors (bare uvicorn, idle StreamingResponse)")
     ap.add_argument("--quick", action="store_true", help="small sizes, short windows")
     ap.add_argument("--designs", default="hub,per-follower")
     ap.add_argument("--sessions", type=int, default=None, help="(a) live sessions (500)")
@@ -395,6 +525,9 @@ def main() -> None:
     if args.serve_baseline is not None:
         serve_baseline(args.serve_baseline)
         return
+    if args.serve_floor is not None:
+        serve_floor(args.serve_floor[0], int(args.serve_floor[1]))
+        return
     quick = {"sessions": 100, "fan_sessions": 100, "per_session": 5, "seconds": 8,
              "webhook_sessions": 100, "webhook_window": 10}
     full = {"sessions": 500, "fan_sessions": 500, "per_session": 10, "seconds": 20,
@@ -402,6 +535,9 @@ def main() -> None:
     for k, v in (quick if args.quick else full).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    global STEP, SLICES
+    STEP = max(1, args.connect_rate // 20)
+    SLICES = max(1, args.slices)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(json.dumps(asyncio.run(main_async(args)), indent=2))

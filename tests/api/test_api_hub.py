@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
 import websockets
+from api_process import api_process
 from apitest_support import LiveServer, add_final, add_partial, add_session, serve_in_thread, set_status
+from redis.asyncio.connection import Connection
 from test_api_events import WAIT, Reader, events
 
 from api.app import create_app
+from api.hub import EventHub
 from api.state import ApiOptions
 from voxq.embedded_redis import RedisServer
 from voxq.keys import Keys
@@ -317,3 +322,50 @@ async def test_firehose_resumes_after_last_event_id(live: LiveServer, r: aioredi
             ev = await rd.expect("finished")
             assert ev.data["session_id"] == "q2" and ev.id is not None
         assert (await c.get("/v1/events", headers={"Last-Event-ID": "x"})).status_code == 422
+
+
+async def test_the_hubs_own_xread_is_what_redis_py_would_send(r: aioredis.Redis,
+                                                              keys: Keys) -> None:
+    hub = EventHub("", keys, r, batch=200)
+    hub._life_pos = "5-1"
+    hub.join("a", "1-0", "0-0", "2-3")
+    hub.join("b.2", "7-0", "8-1", "0-0")
+    f, _ = hub.join("c", "0-0", "0-0", "0-0")
+    hub.leave(f)  # a channel without followers is not read
+    hub.dispatch([[keys.final("a").encode(), [[b"9-4", {b"seq": b"0"}]]]])
+    expected = Connection().pack_command(
+        "XREAD", "COUNT", 200, "BLOCK", 1000, "STREAMS", keys.lifecycle,
+        keys.final("a"), keys.partial("a"), keys.status("a"),
+        keys.final("b.2"), keys.partial("b.2"), keys.status("b.2"),
+        "5-1", "9-4", "0-0", "2-3", "7-0", "8-1", "0-0")
+    assert hub.packed_xread(1000) == b"".join(expected)
+
+
+async def test_followers_end_cleanly_when_the_api_stops(env: dict[str, str], tmp_path: Path,
+                                                         r: aioredis.Redis, keys: Keys) -> None:
+    await add_session(r, keys, "stop")
+    await add_final(r, keys, "stop", 0, "x", 0, 1)
+    log = tmp_path / "api.log"
+    with api_process({**env, "VOXQ_LOG_LEVEL": "INFO"}, log) as (url, proc):
+        host, port = url.removeprefix("http://").split(":")
+        streams = []
+        for _ in range(20):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /v1/sessions/stop/events HTTP/1.1\r\nHost: api\r\n\r\n")
+            streams.append((reader, writer))
+        bufs = [b""] * len(streams)
+        async with asyncio.timeout(WAIT):
+            for i, (reader, _) in enumerate(streams):
+                while b"event: final" not in bufs[i]:
+                    bufs[i] += await reader.read(65536)
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(WAIT):
+            for i, (reader, writer) in enumerate(streams):
+                while chunk := await reader.read(65536):
+                    bufs[i] += chunk
+                writer.close()
+    # each response was finished (the chunked body's last chunk), not cut by a cancellation
+    assert all(b.endswith(b"\r\n0\r\n\r\n") for b in bufs), [b[-40:] for b in bufs]
+    text = log.read_text()
+    assert "ending 20 live followers" in text
+    assert "Exception in ASGI application" not in text, text[-2000:]
