@@ -9,7 +9,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from api import errors, events, openapi, routes_health, routes_sessions, routes_tts, routes_webhooks
+from api import (
+    errors,
+    events,
+    openapi,
+    routes_console,
+    routes_health,
+    routes_sessions,
+    routes_tts,
+    routes_webhooks,
+)
 from api.auth import require_key
 from api.hub import EventHub
 from api.state import ApiOptions, ApiState
@@ -71,6 +80,7 @@ def create_app(settings: Settings, redis_url: str,
     app.state.api = state
     errors.install(app)
     app.include_router(routes_health.router, tags=["health"])
+    app.include_router(routes_console.router)  # the web console at / and /ui/…
     v1 = [Depends(require_key)]
     # /events and /transcript are registered before the catch-all `{session_id:path}` route.
     app.include_router(events.router, prefix="/v1", tags=["events"], dependencies=v1)

@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         sock = bind(host, port, settings.api_backlog)
         app = create_app(settings, url)
         config = server_config(app, settings, limits)
-        print(f"voxq api: listening on {url_of(sock)} (docs at {url_of(sock)}/docs)",
+        base = url_of(sock)
+        print(f"voxq api: listening on {base} (console at {base}/, docs at {base}/docs)",
               flush=True)
         try:
             uvicorn.Server(config).run(sockets=[sock])
