@@ -198,6 +198,7 @@ async function openCalls() {
     if (e.status === 401) return;
     calls.loaded = false;
     $("#calls-body").replaceChildren();
+    $(".pager").hidden = true;
     showEmpty(explain(e));
     $("#live-state").textContent = "offline";
     $("#live-state").className = "live off";
@@ -300,7 +301,14 @@ function drawCalls() {
   const pages = Math.max(1, Math.ceil(rows.length / PAGE_SIZE));
   calls.page = Math.min(calls.page, pages - 1);
   const slice = rows.slice(calls.page * PAGE_SIZE, (calls.page + 1) * PAGE_SIZE);
+  // a live redraw keeps the keyboard where it was: on the same call's link
+  const focused = document.activeElement && document.activeElement.closest("#calls-body tr");
   $("#calls-body").replaceChildren(...slice.map(callRow));
+  if (focused) {
+    const again = $('tr[data-session="' + CSS.escape(focused.dataset.session) + '"] a');
+    if (again) again.focus();
+  }
+  $(".pager").hidden = pages <= 1;
   $("#page-info").textContent = "Page " + (calls.page + 1) + " of " + pages;
   $("#page-prev").disabled = calls.page === 0;
   $("#page-next").disabled = calls.page >= pages - 1;
@@ -347,6 +355,7 @@ async function openCall(sid) {
   $("#transcript").replaceChildren();
   $("#transcript-empty").hidden = false;
   $("#jump").hidden = true;
+  $("#jump").textContent = "Follow live ↓";
   $("#call-error").hidden = true;
   $("#call-body").hidden = false;
   $("#call-live").textContent = "";
@@ -399,6 +408,7 @@ function followCall() {
     call.partials.clear();
     refreshMeta(d);
     $("#call-live").textContent = "ended: " + d.status;
+    $("#jump").textContent = "Back to the end ↓";
     $("#call-live").className = "live";
   });
   src.addEventListener("error", (ev) => {
@@ -695,7 +705,8 @@ async function pollBatch(id) {
     const tr = rows[item.index];
     if (!tr || tr.dataset.status === item.status) continue;
     tr.dataset.status = item.status;
-    tr.children[2].replaceChildren(badge(item.status), item.error ? el("span", { class: "error", text: " " + item.error }) : null);
+    tr.children[2].replaceChildren(badge(item.status));
+    if (item.error) tr.children[2].append(el("span", { class: "error", text: " " + item.error }));
     if (item.status === "finished") {
       tr.children[3].replaceChildren(el("a", { href: withToken("/v1/tts/" + item.job_id + "/audio"),
         download: item.job_id + ".mp3", text: "MP3" }));
@@ -714,7 +725,7 @@ async function pollBatch(id) {
 
 function route() {
   if (auth.on && !auth.token) { stopLive(); show("signin"); $("#signin-key").focus(); return; }
-  const hash = location.hash || "#/calls";
+  const hash = location.hash.startsWith("#/") ? location.hash : "#/calls";
   if (hash.startsWith("#/call/")) openCall(decodeURIComponent(hash.slice(7)));
   else if (hash === "#/tts") openTts("tts");
   else if (hash === "#/batch") openTts("batch");
@@ -722,6 +733,7 @@ function route() {
 }
 
 async function start() {
+  $(".skip").addEventListener("click", (e) => { e.preventDefault(); $("#main").focus(); });
   $("#signin-form").addEventListener("submit", signIn);
   $("#sign-out").addEventListener("click", signOut);
   $("#banner-action").addEventListener("click", () => { hideBanner(); show("signin"); $("#signin-key").focus(); });

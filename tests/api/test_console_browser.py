@@ -377,6 +377,11 @@ async def test_sign_in_with_a_key_and_see_only_your_tenant(
             await page.wait_for_selector("#live-state.on")
             assert await page.locator(f'tr[data-session^="{other}-"]').count() == 0
             assert await page.locator("#calls-body tr").count() == 2
+            # live: the firehose brings this tenant's new call, never the other's
+            await create(r, keys, f"{other}-late-{tenant}", vendor="voxq-ws", rate=RATE, tenant=other)
+            await create(r, keys, f"{tenant}-late-{tenant}", vendor="voxq-ws", rate=RATE, tenant=tenant)
+            await page.wait_for_selector(f'tr[data-session="{tenant}-late-{tenant}"]')
+            assert await page.locator(f'tr[data-session^="{other}-"]').count() == 0
             # the key is gone from the page: not in the DOM, not in any storage
             assert secrets[tenant] not in await page.content()
             assert await page.input_value("#signin-key") == ""
