@@ -12,7 +12,7 @@ const TOKEN_TTL_SECONDS = 900;
 
 /* ---- access: whoami, sign-in, the browser token (never the key) ---------------------- */
 
-const auth = { on: false, token: null, expiresAt: 0, timer: null, name: "" };
+const auth = { on: false, token: null, expiresAt: 0, timer: null, name: "", label: "" };
 
 class ApiError extends Error {
   constructor(status, detail) { super(detail); this.status = status; }
@@ -36,8 +36,17 @@ function setToken(answer) {
   clearTimeout(auth.timer);
   const wait = Math.max(5_000, auth.expiresAt - Date.now() - RENEW_BEFORE_MS);
   auth.timer = setTimeout(renewToken, wait);
-  $("#who-name").textContent = auth.name ? "Signed in: " + auth.name : "Signed in";
+  $("#who-name").textContent = "Signed in: " + (auth.label || auth.name || "");
   $("#who").hidden = false;
+}
+
+/** The signed-in key's name and tenant in the header (from /v1/whoami with the token). */
+async function showWho() {
+  try {
+    const who = await apiJson("/v1/whoami");
+    const label = [who.name, who.tenant && "tenant " + who.tenant].filter(Boolean).join(", ");
+    if (label) { auth.label = label; $("#who-name").textContent = "Signed in: " + label; }
+  } catch (_) { /* the header keeps what the token said */ }
 }
 
 async function renewToken() {
@@ -65,6 +74,7 @@ function expired() {
 
 function signOut() {
   auth.token = null;
+  auth.label = "";
   clearTimeout(auth.timer);
   $("#who").hidden = true;
   stopLive();
@@ -87,9 +97,11 @@ async function signIn(event) {
     if (r.status === 404) throw new Error("this API does not issue browser tokens (POST /v1/tokens is missing)");
     if (r.status === 401 || r.status === 403) throw new Error("that key was not accepted");
     if (!r.ok) throw new Error(await detailOf(r));
+    auth.label = "";
     setToken(await r.json());
     hideBanner();
     route();
+    showWho();
   } catch (e) {
     key = "";
     err.textContent = "Sign-in failed: " + e.message;

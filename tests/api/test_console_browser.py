@@ -391,4 +391,13 @@ async def test_sign_in_with_a_key_and_see_only_your_tenant(
             await page.goto(f"{url}/#/call/{other}-call-0")
             await page.wait_for_selector("#call-error:has-text('No call with the id')")
             await shot(tab, out, f"calls-{tenant}")
+            assert tenant in await page.inner_text("#who")
             assert tab.foreign == []
+        # a token the API refuses (expired, revoked): the page says so and asks to sign in again
+        await page.route("**/v1/sessions/**", lambda route: route.fulfill(
+            status=401, content_type="application/json", body='{"detail": "token expired"}'))
+        await page.goto(f"{url}/#/call/{tenant}-call-1")
+        await page.wait_for_selector("#banner:has-text('Session expired, sign in again')")
+        await page.click("#banner-action")
+        await page.wait_for_selector("#view-signin:not([hidden])")
+        await shot(tab, out, "session-expired")
