@@ -301,9 +301,14 @@ async def test_empty_and_error_states_and_small_screens(
         await small.page.goto(api_url + "/")
         await small.page.wait_for_selector('tr[data-session="small-24"]')
         assert "bad rate" in await small.page.inner_text('tr[data-session="small-24"]')
-        assert await small.page.evaluate(
-            "document.documentElement.scrollWidth <= document.documentElement.clientWidth"), name
         await shot(small, out, f"calls-{name}")
+        for view, ready in (("calls", '#calls-body tr'), ("call/small-24", "#call-meta dd"),
+                            ("tts", "#tts-form-voice"), ("batch", "#batch-form-voice")):
+            await small.page.goto(f"{api_url}/#/{view}")
+            await small.page.wait_for_selector(ready)
+            assert await small.page.evaluate(  # nothing wider than the window: no sideways scroll
+                "document.documentElement.scrollWidth <= document.documentElement.clientWidth"), (name, view)
+        await shot(small, out, f"batch-{name}")
     await page.goto(api_url + "/")
     await page.wait_for_selector('tr[data-session="small-24"]')  # newest first
     assert await page.locator("#calls-body tr").count() == 20
