@@ -365,6 +365,7 @@ async function openCall(sid) {
     follow: true, matches: [], current: -1, lastId: "" });
   $("#call-id").textContent = sid;
   $("#transcript").replaceChildren();
+  $("#transcript").classList.remove("labelled");
   $("#transcript-empty").hidden = false;
   $("#jump").hidden = true;
   $("#jump").textContent = "Follow live ↓";
@@ -387,8 +388,16 @@ async function openCall(sid) {
     $("#call-error").hidden = false;
     return;
   }
+  $("#transcript").classList.toggle("labelled", call.meta.channels === 2);
   drawMeta();
   followCall();
+}
+
+let metaQueued = false;
+function queueMeta() {
+  if (metaQueued) return;
+  metaQueued = true;
+  requestAnimationFrame(() => { metaQueued = false; if (call.meta) drawMeta(); });
 }
 
 function drawMeta() {
@@ -446,6 +455,7 @@ async function refreshMeta(status) {
 }
 
 function segRow(seg, final) {
+  if (speakerOf(seg)) $("#transcript").classList.add("labelled");
   const ch = Number(seg.channel) || 0;
   const li = el("li", { class: "seg ch" + ch + (final ? " final" : " partial") });
   li.append(el("span", { class: "who", text: speakerOf(seg) }),
@@ -485,6 +495,11 @@ function onPartial(seg) {
 function onFinal(seg) {
   if (call.seqs.has(seg.seq)) return;  // a replay after a reconnect
   call.seqs.add(seg.seq);
+  if (call.meta) {  // the durable progress, as the API will report it
+    call.meta.finals = Math.max(call.meta.finals || 0, call.seqs.size);
+    call.meta.audio_seconds = Math.max(call.meta.audio_seconds || 0, seg.end);
+    queueMeta();
+  }
   const ch = Number(seg.channel) || 0;
   call.finalEnd.set(ch, Math.max(call.finalEnd.get(ch) ?? -1, seg.end));
   const pinned = atBottom();
