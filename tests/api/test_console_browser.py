@@ -185,6 +185,7 @@ async def _live_call(browser: Any, url: str, r: aioredis.Redis, keys: Keys, out:
         f"() => document.querySelector('#find-count').textContent.includes('{customer} line')")
     assert await page.locator("#transcript mark").count() == 2 * customer
     await page.fill("#find", "")
+    await page.locator("#find").blur()
     await shot(tab, out, "call")
 
     await page.click("text=All calls")
