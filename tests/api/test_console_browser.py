@@ -264,8 +264,16 @@ async def test_scrolling_up_stops_following_and_find_walks_matches(
     assert await page.evaluate(f"{box}.scrollTop") == 0, "the reader's position was kept"
     await page.click("#jump")
     await page.wait_for_function(at_end)
+    # a partial that comes after its final (a late hypothesis of words already final) is ignored
+    await page.evaluate(OBSERVE)
+    await add_partial(r, keys, sid, "late words of line 40", 40, 40.5, result_id="r40")
+    await add_partial(r, keys, sid, "line 41 so far", 41, 41.4, result_id="r41")
+    await page.wait_for_selector("#transcript li.partial:has-text('line 41 so far')")
     await add_final(r, keys, sid, 41, "line 41 of a long call", 41, 41.9)
     await page.wait_for_function("() => document.querySelectorAll('#transcript li.final').length === 42")
+    assert not [x for x in await page.evaluate("window.seen") if "late words" in x["text"]]
+    assert any(x["text"] == "line 41 so far" for x in await page.evaluate("window.seen"))
+    assert await page.locator("#transcript li.partial").count() == 0  # replaced by its final
     await page.wait_for_function(at_end)  # following again
 
     await page.fill("#find", "line 1")  # line 1, 10-19
