@@ -3,32 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from redis.exceptions import RedisError
 
 from api import (
     errors,
     events,
     openapi,
+    routes_access,
     routes_console,
     routes_health,
     routes_sessions,
     routes_tts,
     routes_webhooks,
 )
-from api.auth import require_key
+from api.auth import declared
 from api.hub import EventHub
 from api.state import ApiOptions, ApiState
 from api.webhooks import WebhookDispatcher
 from voxq import __version__, redaction
 from voxq.keys import Keys
 from voxq.redis_conn import connect_bounded, rq_url
+from voxq.sessions import backfill_tenant_index
 from voxq.settings import Settings
 
 log = logging.getLogger("voxq.api")
+BACKFILL_SECONDS = 60.0  # the longest the once-per-deployment tenant backfill holds up startup
 
 
 def create_app(settings: Settings, redis_url: str,
@@ -52,6 +57,7 @@ def create_app(settings: Settings, redis_url: str,
         # Followers' own reads (catch-up, the last finals) take at most all but two pooled
         # connections, so request routes and readiness always find one.
         state.follower_gate = asyncio.Semaphore(max(1, opts.redis_connections - 2))
+        await _backfill(state)
         hub_task = asyncio.create_task(state.hub.run(), name="event-hub")
         dispatcher = hook_task = hooks_r = None
         if settings.webhook_secret is not None:
@@ -76,17 +82,36 @@ def create_app(settings: Settings, redis_url: str,
             await client.aclose()
 
     app = FastAPI(title="voxq API", version=__version__, lifespan=lifespan,
+                  openapi_url=None, docs_url=None, redoc_url=None,
                   description="Sessions, transcripts and live events of voxq's Redis bus.")
     app.state.api = state
     errors.install(app)
     app.include_router(routes_health.router, tags=["health"])
     app.include_router(routes_console.router)  # the web console at / and /ui/…
-    v1 = [Depends(require_key)]
+    v1 = [Depends(declared)]  # a route that declares no scope is refused (fail closed)
     # /events and /transcript are registered before the catch-all `{session_id:path}` route.
     app.include_router(events.router, prefix="/v1", tags=["events"], dependencies=v1)
-    app.include_router(events.ws_router, prefix="/v1")  # checks the key itself
+    app.include_router(events.ws_router, prefix="/v1")  # checks its credential itself
+    app.include_router(routes_access.router, prefix="/v1", tags=["access"], dependencies=v1)
     app.include_router(routes_webhooks.router, prefix="/v1", tags=["webhooks"], dependencies=v1)
     app.include_router(routes_sessions.router, prefix="/v1", tags=["sessions"], dependencies=v1)
     app.include_router(routes_tts.router, prefix="/v1", tags=["tts"], dependencies=v1)
     openapi.install(app, settings)
     return app
+
+
+async def _backfill(state: ApiState) -> None:
+    """Put sessions from before tenants into the default tenant's index (once per deployment);
+    a failure is logged and retried at the next start."""
+    assert state.redis is not None
+    try:
+        async with asyncio.timeout(BACKFILL_SECONDS):
+            added = await backfill_tenant_index(state.redis, state.keys)
+    except (RedisError, TimeoutError) as e:  # a Redis hiccup must not stop the API
+        with contextlib.suppress(RedisError):
+            await state.redis.delete(state.keys.tenant_backfill)
+        log.warning("tenant index backfill failed (%s); retried at the next start",
+                    type(e).__name__)
+        return
+    if added:
+        log.info("added %d sessions from before tenants to the default tenant's index", added)

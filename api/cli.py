@@ -12,6 +12,7 @@ from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client import start_http_server
 
 from api.app import create_app
 from api.connection_guard import ConnectionLimits, ensure_descriptors, guarded_protocol
@@ -112,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
     with stop_on_signals(), redis_url(settings) as url:
         sock = bind(host, port, settings.api_backlog)
         app = create_app(settings, url)
+        if settings.api_metrics_port is not None:
+            # /metrics without a key, on a port only Prometheus reaches (k8s NetworkPolicy)
+            start_http_server(settings.api_metrics_port, addr=host)
+            print(f"voxq api: metrics on port {settings.api_metrics_port}", flush=True)
         config = server_config(app, settings, limits)
         base = url_of(sock)
         print(f"voxq api: listening on {base} (console at {base}/, docs at {base}/docs)",

@@ -20,13 +20,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from api import sse
-from api.auth import key_matches
+from api.auth import Require, authorize, check_session
 from api.errors import short
 from api.follow import KEEPALIVE, SessionFollow
 from api.hub import EventHub, Kind
 from api.models import ErrorOut
 from api.sse import Cursor, stream_id_key
 from api.state import ApiState, api_state, redis_of
+from voxq.access import Principal, Scope, tenant_of
 from voxq.errors import InvalidInput, InvalidSessionId, MalformedRecord, UnknownSession
 from voxq.keys import validate_session_id
 from voxq.lifecycle import decode_lifecycle
@@ -36,6 +37,7 @@ from voxq.sessions import get_meta
 log = logging.getLogger("voxq.api.events")
 router = APIRouter()
 ws_router = APIRouter()
+Follower = Annotated[Principal, Depends(Require(Scope.SESSIONS_READ, query_token=True))]
 
 MAX_WAIT_SECONDS = 600
 STREAM_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
@@ -129,6 +131,7 @@ async def events(
     session_id: str,
     request: Request,
     state: Annotated[ApiState, Depends(api_state)],
+    principal: Follower,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
     last_event_id_q: Annotated[str | None, Query(
         alias="last_event_id", description="Fallback for the Last-Event-ID header.")] = None,
@@ -141,6 +144,7 @@ async def events(
         cursor = Cursor.parse(resume) if resume else None
     except InvalidInput as e:
         raise HTTPException(422, str(e)) from e
+    await check_session(state, request, principal, sid)
     try:
         await get_meta(redis_of(state), state.keys, sid)
     except MalformedRecord as e:
@@ -156,6 +160,7 @@ async def events(
     state.live_streams += 1
     try:
         follow = await _started(state, sid, cursor, wait)
+        await check_session(state, request, principal, sid)  # created while waiting
     except BaseException:
         state.live_streams -= 1
         raise
@@ -178,6 +183,7 @@ async def events(
 async def firehose(
     request: Request,
     state: Annotated[ApiState, Depends(api_state)],
+    principal: Follower,
     status: Annotated[list[Status] | None, Query(
         description="Only these statuses (repeat the parameter for several).")] = None,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -199,6 +205,17 @@ async def firehose(
     state.live_streams += 1
     keepalive = state.options.keepalive_seconds
     r = redis_of(state)
+    tenants: dict[str, str] = {}  # session id -> tenant (a tenant never changes)
+
+    async def visible(sid: str) -> bool:
+        """Whether the session's events may reach this follower (its tenant's only)."""
+        if principal.all_tenants:
+            return True
+        if sid not in tenants:
+            if len(tenants) > 10_000:
+                tenants.clear()
+            tenants[sid] = tenant_of(await r.hget(state.keys.meta(sid), "tenant"))
+        return tenants[sid] == principal.tenant
 
     async def stored() -> AsyncIterator[tuple[str, dict[str, object]]]:
         """Lifecycle events stored after ``resume`` (read in pages on the route pool)."""
@@ -213,7 +230,7 @@ async def firehose(
                     ev = decode_lifecycle(fields)
                 except (InvalidInput, ValueError):
                     continue
-                if not wanted or ev.status.value in wanted:
+                if (not wanted or ev.status.value in wanted) and await visible(ev.session_id):
                     d = ev.to_dict()
                     vendor = ev.vendor or hub.vendor_of(ev.session_id)
                     if not vendor:
@@ -239,7 +256,8 @@ async def firehose(
                     yield sse.comment()
                     continue
                 for kind, eid, data in follower.take():
-                    if kind is Kind.LIFECYCLE and stream_id_key(eid) > stream_id_key(last):
+                    if kind is Kind.LIFECYCLE and stream_id_key(eid) > stream_id_key(last) \
+                            and await visible(str(data["session_id"])):
                         yield sse.message(data["status"], json.dumps(
                             data, separators=(",", ":")), eid)
                 if follower.overflowed:
@@ -272,12 +290,11 @@ async def live(websocket: WebSocket, session_id: str, after: str | None = None,
     resumable with `?after=<id>`; closes with 1000 after the `status` event. A refused
     handshake answers like the SSE route: 401, 404, 422 or 503 (Retry-After)."""
     state: ApiState = websocket.app.state.api
-    secret = state.settings.api_key
-    expected = secret.get_secret_value() if secret is not None else ""
-    auth = websocket.headers.get("authorization", "")
-    scheme, _, given = auth.partition(" ")
-    if expected and not (scheme.lower() == "bearer" and key_matches(expected, given)):
-        await _refuse(websocket, 401, "missing or wrong API key", {"WWW-Authenticate": "Bearer"})
+    try:
+        principal = await authorize(state, websocket, Scope.SESSIONS_READ.value,
+                                    query_token=True)
+    except HTTPException as e:
+        await _refuse(websocket, e.status_code, str(e.detail), dict(e.headers or {}))
         return
     try:
         sid = validate_session_id(session_id)
@@ -292,8 +309,12 @@ async def live(websocket: WebSocket, session_id: str, after: str | None = None,
     try:
         try:
             follow = await _started(state, sid, cursor, min(max(wait, 0.0), MAX_WAIT_SECONDS))
+            await check_session(state, websocket, principal, sid)
         except UnknownSession as e:
             await _refuse(websocket, 404, str(e))
+            return
+        except HTTPException as e:
+            await _refuse(websocket, e.status_code, str(e.detail))
             return
         await websocket.accept()
         # The client sends nothing; a receive that returns means it left (checked on idle).
@@ -316,3 +337,8 @@ async def live(websocket: WebSocket, session_id: str, after: str | None = None,
         log.debug("live %s: client left (%s)", session_id[:128], e)
     finally:
         state.live_streams -= 1
+
+
+# The WebSocket route checks its credential itself (above); this states what it requires for
+# the fail-closed check and the route list (api.auth.required_scope).
+setattr(ws_router.routes[-1], "voxq_scope", Scope.SESSIONS_READ.value)  # noqa: B010

@@ -34,6 +34,7 @@ class SessionOut(BaseModel):
     bad_chunks: int = Field(default=0, description="Malformed audio entries the worker could "
                                                    "not use (a few are skipped; more fail the "
                                                    "session).")
+    tenant: str = Field(default="default", description="The tenant the session belongs to.")
 
     @classmethod
     def from_meta(cls, m: SessionMeta) -> SessionOut:
@@ -41,7 +42,7 @@ class SessionOut(BaseModel):
         return cls(session_id=m.session_id, vendor=m.vendor, language=m.language, rate=m.rate,
                    channels=m.channels, status=m.status, error=m.error, created=m.created,
                    updated=m.updated, finals=m.finals, audio_seconds=m.audio_seconds,
-                   bad_chunks=m.bad_chunks)
+                   bad_chunks=m.bad_chunks, tenant=m.tenant or "default")
 
 
 class SessionPage(BaseModel):

@@ -10,10 +10,13 @@ from __future__ import annotations
 from functools import cache
 from importlib.resources import files
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import RedirectResponse, Response
 
-router = APIRouter(include_in_schema=False)
+from api.auth import public
+
+# public: the files hold no data; the page signs in for everything it reads
+router = APIRouter(include_in_schema=False, dependencies=[Depends(public)])
 
 #: Only this origin, for everything; no inline script or style, no frames, no plugins.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

@@ -9,20 +9,24 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from api.auth import Require, public
 from api.models import ErrorOut, HealthOut
 from api.state import ApiState, api_state
+from voxq.access import Scope
 
 router = APIRouter()
 
 
-@router.get("/healthz", response_model=HealthOut, summary="Liveness")
+@router.get("/healthz", response_model=HealthOut, summary="Liveness",
+            dependencies=[Depends(public)])
 async def healthz() -> HealthOut:
     """200 while the process serves requests; no dependency is consulted."""
     return HealthOut(status="ok")
 
 
 @router.get("/readyz", response_model=HealthOut, summary="Readiness",
-            responses={503: {"model": ErrorOut, "description": "Redis is not reachable."}})
+            responses={503: {"model": ErrorOut, "description": "Redis is not reachable."}},
+            dependencies=[Depends(public)])
 async def readyz(state: Annotated[ApiState, Depends(api_state)]) -> HealthOut | JSONResponse:
     """200 if Redis answers PING within the deadline, else 503 with the reason."""
     limit = state.options.ready_timeout_seconds
@@ -40,7 +44,9 @@ async def readyz(state: Annotated[ApiState, Depends(api_state)]) -> HealthOut | 
     return HealthOut(status="ready")
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            dependencies=[Depends(Require(Scope.METRICS_READ))])
 async def metrics() -> Response:
-    """Prometheus text exposition of this process's metrics (no auth: scrape from inside)."""
+    """Prometheus text exposition of this process's metrics: needs metrics:read (or admin)
+    while authentication is on; VOXQ_API_METRICS_PORT serves them without a key."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -23,9 +23,12 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.auth import Require, hide_other_tenant, refuse
 from api.json_body import JsonLimits, read_model
 from api.models import BatchAccepted, JobAccepted
 from api.state import ApiState, api_state, redis_of
+from voxq import ratelimit
+from voxq.access import AccessDenied, Denial, Principal, Scope, tenant_of
 from voxq.errors import InvalidInput
 from voxq.redis_conn import connect_sync, rq_url
 from voxq.settings import Settings
@@ -36,6 +39,9 @@ from workers.vendors.base import SynthesisRequest, Synthesizer
 
 router = APIRouter()
 State = Annotated[ApiState, Depends(api_state)]
+Writer = Annotated[Principal, Depends(Require(Scope.TTS_WRITE))]
+Reader = Annotated[Principal, Depends(Require(Scope.TTS_READ))]
+AudioReader = Annotated[Principal, Depends(Require(Scope.TTS_READ, query_token=True))]
 
 _JSON_OVERHEAD = 4096
 _BYTES_PER_CHAR = 6  # worst case of a JSON-escaped character (\uXXXX)
@@ -106,11 +112,42 @@ def _job_links(job_id: str) -> dict[str, str]:
     return {"status_url": f"/v1/tts/{job_id}", "audio_url": f"/v1/tts/{job_id}/audio"}
 
 
+async def _spend(request: Request, state: ApiState, principal: Principal,
+                 plans: list[Plan]) -> None:
+    """Count the text against the tenant's daily quota; 429 (audited) over it."""
+    limit = state.settings.tts_daily_chars_per_tenant
+    if limit <= 0:
+        return
+    chars = sum(len(p.synthesis.text) for p in plans)
+    wait = await ratelimit.spend_chars(redis_of(state), state.keys, principal.write_tenant,
+                                       chars, limit)
+    if wait is not None:
+        e = AccessDenied(Denial.QUOTA, f"the tenant's daily TTS quota of {limit} characters "
+                                       "would be exceeded (VOXQ_TTS_DAILY_CHARS_PER_TENANT)",
+                         429, retry_after=wait)
+        raise await refuse(state, request, e, principal)
+
+
+async def _visible(request: Request, state: ApiState, principal: Principal, job_id: str,
+                   what: str) -> None:
+    """404 (audited) if the job or batch exists but belongs to another tenant."""
+    if principal.all_tenants:
+        return
+    try:
+        key = state.keys.tts(job_id)
+    except InvalidInput:
+        return  # the route's own lookup answers it
+    raw: Any = await redis_of(state).hmget(key, ["kind", "tenant"])
+    if raw[0] is not None and not principal.sees(tenant_of(raw[1])):
+        raise await hide_other_tenant(state, request, principal, f"no TTS {what} {job_id!r}")
+
+
 async def _submit(request: Request, state: ApiState, plans: list[Plan],
-                  batch_id: str | None) -> list[dict[str, Any]]:
+                  batch_id: str | None, principal: Principal) -> list[dict[str, Any]]:
     """Write records, finish cache hits at once, enqueue the rest; one answer per plan."""
     settings = state.settings
     r = redis_of(state)
+    await _spend(request, state, principal, plans)
     ttl = settings.tts_result_ttl_seconds
     cache = TtsCache(r, state.keys, ttl_seconds=settings.tts_cache_ttl_seconds,
                      max_entries=settings.tts_cache_max_entries, max_bytes=settings.tts_cache_max_bytes)
@@ -121,8 +158,9 @@ async def _submit(request: Request, state: ApiState, plans: list[Plan],
             if hit is not None:
                 hits[i] = hit
     ids = [jobs.new_job_id() for _ in plans]
+    tenant = principal.write_tenant
     await jobs.create_records(r, state.keys, list(zip(ids, plans, strict=True)), ttl,
-                              batch_id=batch_id)
+                              batch_id=batch_id, tenant="" if tenant == "default" else tenant)
     for i, mp3 in hits.items():
         await jobs.finish_from_cache(r, state.keys, ids[i], mp3, ttl)
     todo = [(ids[i], len(p.synthesis.text)) for i, p in enumerate(plans) if i not in hits]
@@ -138,11 +176,11 @@ async def _submit(request: Request, state: ApiState, plans: list[Plan],
                               "headers": {"Location": _LOCATION}}},
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/json": {"schema": TtsRequest.model_json_schema()}}}})
-async def submit(request: Request, state: State) -> JSONResponse:
+async def submit(request: Request, state: State, principal: Writer) -> JSONResponse:
     """202 with the job id; poll the status URL, then fetch the audio URL."""
     # strict: JSON types as documented (no 0 for false, no "1" for 1.0)
     req = await read_model(request, TtsRequest, single_limits(state.settings))
-    [answer] = await _submit(request, state, [_plan(req, state)], None)
+    [answer] = await _submit(request, state, [_plan(req, state)], None, principal)
     return JSONResponse(answer, status_code=202, headers={"Location": answer["status_url"]})
 
 
@@ -151,12 +189,12 @@ async def submit(request: Request, state: State) -> JSONResponse:
                               "headers": {"Location": _LOCATION}}},
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/json": {"schema": TtsBatchRequest.model_json_schema()}}}})
-async def submit_batch(request: Request, state: State) -> JSONResponse:
+async def submit_batch(request: Request, state: State, principal: Writer) -> JSONResponse:
     """202 with the batch id and its job ids, in item order."""
     batch = await read_model(request, TtsBatchRequest, batch_limits(state.settings))
     plans = [_plan(item, state, f"items.{i}: ") for i, item in enumerate(batch.items)]
     batch_id = jobs.new_batch_id()
-    answers = await _submit(request, state, plans, batch_id)
+    answers = await _submit(request, state, plans, batch_id, principal)
     url = f"/v1/tts/batches/{batch_id}"
     return JSONResponse({"batch_id": batch_id, "job_ids": [a["job_id"] for a in answers],
                          "jobs": answers, "status_url": url, "zip_url": f"{url}/zip"},
@@ -203,7 +241,7 @@ def _bounds(metadata: list[Any]) -> tuple[float, float]:
 
 
 @router.get("/tts/vendors", summary="Speech vendors, their voices and controls")
-async def vendors(state: State) -> dict[str, Any]:
+async def vendors(state: State, principal: Reader) -> dict[str, Any]:
     """Every registered vendor with its voices, output rates and the controls (speed, volume,
     pitch) it accepts with their ranges; ``default`` is VOXQ_TTS_DEFAULT_VENDOR. A vendor whose
     configuration cannot be loaded is listed with ``error`` instead of voices."""
@@ -222,8 +260,10 @@ def _not_found(e: UnknownJob) -> HTTPException:
 
 
 @router.get("/tts/batches/{batch_id}", summary="Status of a batch, item by item")
-async def get_batch(batch_id: str, request: Request, state: State) -> dict[str, Any]:
+async def get_batch(batch_id: str, request: Request, state: State,
+                    principal: Reader) -> dict[str, Any]:
     """Counts by status, overall progress, and each item's status."""
+    await _visible(request, state, principal, batch_id, "batch")
     try:
         return await jobs.batch_status(redis_of(state), state.keys, batch_id,
                                        _rq_status_reader(request, state))
@@ -253,8 +293,10 @@ class _ZipSink:
 @router.get("/tts/batches/{batch_id}/zip", summary="A zip of the batch's finished MP3s",
             response_class=StreamingResponse,
             responses={200: {"content": {"application/zip": {}}}})
-async def get_batch_zip(batch_id: str, state: State) -> StreamingResponse:
+async def get_batch_zip(batch_id: str, request: Request, state: State,
+                        principal: AudioReader) -> StreamingResponse:
     """Every finished item as ``NNNN.mp3`` (1-based item number); 409 while none is finished."""
+    await _visible(request, state, principal, batch_id, "batch")
     r = redis_of(state)
     try:
         batch = await jobs.batch_status(r, state.keys, batch_id)
@@ -285,8 +327,10 @@ async def get_batch_zip(batch_id: str, state: State) -> StreamingResponse:
 
 
 @router.get("/tts/{job_id}", summary="Status of a text-to-speech job")
-async def get_job(job_id: str, request: Request, state: State) -> dict[str, Any]:
+async def get_job(job_id: str, request: Request, state: State,
+                  principal: Reader) -> dict[str, Any]:
     """Status (queued/started/finished/failed), progress, error reason, duration and bytes."""
+    await _visible(request, state, principal, job_id, "job")
     try:
         answer = await jobs.job_status(redis_of(state), state.keys, job_id,
                                        _rq_status_reader(request, state))
@@ -340,8 +384,10 @@ _AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
              response_class=Response, responses=_AUDIO_RESPONSES)
 @router.get("/tts/{job_id}/audio", summary="The job's MP3",
             response_class=Response, responses=_AUDIO_RESPONSES)
-async def get_audio(job_id: str, request: Request, state: State) -> Response:
+async def get_audio(job_id: str, request: Request, state: State,
+                    principal: AudioReader) -> Response:
     """The MP3 (``audio/mpeg``) with Content-Length; a single ``Range: bytes=`` range gives 206."""
+    await _visible(request, state, principal, job_id, "job")
     try:
         job_status, audio = await jobs.job_audio(redis_of(state), state.keys, job_id)
     except UnknownJob as e:

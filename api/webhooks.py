@@ -53,6 +53,7 @@ from redis.exceptions import RedisError
 
 from api.transcript_formats import segment_dict
 from voxq import webhook_sign
+from voxq.access import tenant_of
 from voxq.errors import InvalidInput, MalformedRecord
 from voxq.keys import Keys
 from voxq.lifecycle import LifecycleEvent, decode_lifecycle
@@ -94,6 +95,11 @@ class Target:
     url: str
     with_transcript: bool
     events: frozenset[str]
+    tenant: str | None = None  # an API subscription gets its own tenant's sessions only
+
+    def wants(self, tenant: str) -> bool:
+        """Whether this target receives events of a session of ``tenant``."""
+        return self.tenant is None or self.tenant == tenant
 
 
 class Outcome:
@@ -257,16 +263,18 @@ class WebhookDispatcher:
                 d = json.loads(raw)
                 events = parse_events(d["events"]) if "events" in d else SESSION_EVENTS
                 out.append(Target(f"sub:{_s(sub_id)}", str(d["url"]),
-                                  bool(d.get("include_transcript")), events))
+                                  bool(d.get("include_transcript")), events,
+                                  tenant_of(d.get("tenant"))))
             except (ValueError, KeyError, TypeError, InvalidInput):
                 log.warning("webhook subscription %s is malformed; skipped", _s(sub_id)[:64])
         return out
 
     async def _targets(self, sid: str) -> tuple[list[Target], str]:
         """Every target of one session's events, and its vendor."""
-        out = await self._shared_targets()
-        own, finals, vendor = await self.r.hmget(self.keys.meta(sid),
-                                                 ["webhook", "webhook_finals", "vendor"])
+        shared = await self._shared_targets()
+        own, finals, vendor, tenant = await self.r.hmget(
+            self.keys.meta(sid), ["webhook", "webhook_finals", "vendor", "tenant"])
+        out = [t for t in shared if t.wants(tenant_of(tenant))]
         if own:
             events = SESSION_EVENTS | ({FINAL_EVENT} if finals == b"1" else frozenset())
             out.append(Target("session", _s(own), self.settings.webhook_include_transcript,
@@ -367,13 +375,13 @@ class WebhookDispatcher:
             return 0
         async with self.r.pipeline(transaction=False) as p:
             for sid in sids:
-                p.hmget(self.keys.meta(sid), ["webhook", "webhook_finals", "vendor"])
+                p.hmget(self.keys.meta(sid), ["webhook", "webhook_finals", "vendor", "tenant"])
             metas: list[Any] = await p.execute()
         n = 0
         lease_ms = int(self.finals_lease * 1000)
         self._leased &= set(sids)
-        for sid, (own, finals, vendor) in zip(sids, metas, strict=True):
-            targets = list(shared)
+        for sid, (own, finals, vendor, tenant) in zip(sids, metas, strict=True):
+            targets = [t for t in shared if t.wants(tenant_of(tenant))]
             if own and finals == b"1":
                 targets.append(Target("session", _s(own),
                                       self.settings.webhook_include_transcript,

@@ -30,6 +30,7 @@ from producer.sources import (
     raw_source,
     stdin_stream,
 )
+from voxq.access import validate_tenant
 from voxq.audio import RAW_ENCODINGS, probe_file
 from voxq.errors import InvalidAudio, InvalidInput, SessionFailed
 from voxq.keys import validate_session_id
@@ -336,9 +337,9 @@ async def _produce(url: str, meta: SessionMeta, source: Source, signals: _Signal
                    grace: float) -> int:
     loop = asyncio.get_running_loop()
     sid = meta.session_id
-    pub = Publisher(url, settings=settings)
+    pub = Publisher(url, settings=settings, tenant=meta.tenant or "default")
     await pub.open(sid, meta.vendor, meta.language, meta.rate, meta.channels, meta.chunk_ms,
-                   meta.options)
+                   meta.options, meta.webhook, webhook_finals=meta.webhook_finals)
     signals.before_open = None
     if signals.got:  # a signal during open: the session exists, end it properly below
         signals.first.set()
@@ -482,7 +483,8 @@ def run(args: argparse.Namespace) -> int:
     channels = session_channels(args)
     meta = session_meta(sid, args.vendor, args.language, args.rate, channels,
                         args.chunk_ms or settings.default_chunk_ms, options, args.webhook,
-                        webhook_finals=args.webhook_finals)
+                        webhook_finals=args.webhook_finals,
+                        tenant=validate_tenant(args.tenant or settings.tenant))
     source = open_source(args, meta, settings)
     with redis_url(settings) as url:
         return asyncio.run(produce(url, meta, source, realtime=not args.fast,
@@ -506,6 +508,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--webhook-finals", action="store_true",
                    help="also POST each final segment to the --webhook URL as it is "
                         "recognised (event transcript.final)")
+    p.add_argument("--tenant", default=None, metavar="TENANT",
+                   help="the tenant that owns the session (default: VOXQ_TENANT, else "
+                        "'default'); only that tenant's API keys can see it")
     p.add_argument("--rate", type=int, default=16000, help="bus sample rate in Hz (16000)")
     p.add_argument("--channels", type=int, default=None, choices=(1, 2),
                    help="1 or 2 (default: the file's own; 1 for stdin and --mic); with two, "

@@ -63,6 +63,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from voxq.access import DEFAULT_TENANT, validate_tenant
 from voxq.audio import Chunker, chunk_bytes_for
 from voxq.errors import (
     InvalidAudio,
@@ -110,13 +111,15 @@ class ReplicasBehind(rexc.RedisError):
 def session_meta(session_id: str, vendor: str = "local", language: str = "en-US",
                  rate: int = 16000, channels: int = 1, chunk_ms: int = 100,
                  options: Mapping[str, Any] | None = None, webhook: str = "", *,
-                 webhook_finals: bool = False) -> SessionMeta:
+                 webhook_finals: bool = False, tenant: str = "") -> SessionMeta:
     """Validate a new session's format, vendor and options without touching Redis; ``webhook``
     is a URL the API posts this session's end event to (signed with VOXQ_WEBHOOK_SECRET), and
-    each final too with ``webhook_finals``."""
+    each final too with ``webhook_finals``; ``tenant`` owns it ("" or "default": the default
+    tenant)."""
     meta = SessionMeta(session_id=session_id, vendor=vendor, language=language, rate=rate,
                        channels=channels, chunk_ms=chunk_ms, options=dict(options or {}),
-                       webhook=webhook, webhook_finals=webhook_finals)
+                       webhook=webhook, webhook_finals=webhook_finals,
+                       tenant="" if tenant == "default" else tenant)
     validate_vendor(meta)
     return meta
 
@@ -215,8 +218,10 @@ class Publisher:
                  buffer_chunks: int | None = None, retry_timeout: float | None = 60.0,
                  socket_timeout: float = 10.0, backoff_min: float = 0.05,
                  backoff_max: float = 2.0, wait_replicas: int | None = None,
-                 wait_timeout_ms: int | None = None) -> None:
+                 wait_timeout_ms: int | None = None, tenant: str | None = None) -> None:
         self.settings = settings or get_settings()
+        # the tenant of the sessions this publisher creates (default VOXQ_TENANT)
+        self.tenant = validate_tenant(tenant if tenant is not None else self.settings.tenant)
         self.url = url
         self.wait_replicas = (self.settings.wait_replicas if wait_replicas is None
                               else wait_replicas)
@@ -294,7 +299,7 @@ class Publisher:
             raise InvalidInput("this publisher has already been opened")
         meta = session_meta(session_id, vendor, language, rate, channels,
                             chunk_ms or self.settings.default_chunk_ms, options, webhook,
-                            webhook_finals=webhook_finals)
+                            webhook_finals=webhook_finals, tenant=self.tenant)
         r = connect(self.url, retry=Retry(NoBackoff(), 0), socket_timeout=self._socket_timeout())
         self._r = r
         try:
@@ -682,6 +687,9 @@ class Publisher:
         await ensure_group(self._r, self.keys)
         await self._confirmed(self.keys.index,
                               lambda p: p.zadd(self.keys.index, {sid: meta.created}))
+        tenant_index = self.keys.tenant_index(meta.tenant or DEFAULT_TENANT)
+        await self._confirmed(tenant_index,
+                              lambda p: p.zadd(tenant_index, {sid: meta.created}))
         await self._confirmed(self.keys.sessions, lambda p: p.xadd(self.keys.sessions,
                                                                    {"sid": sid}))
         await announce(self._r, self.keys, sid, Status.CREATED, vendor=meta.vendor)

@@ -17,9 +17,10 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _register_builtin(sub: argparse._SubParsersAction) -> None:
-    from voxq import demo, redis_cmd
+    from voxq import demo, keys_cmd, redis_cmd
 
     redis_cmd.register(sub)
+    keys_cmd.register(sub)
     demo.register(sub)
 
 

@@ -73,6 +73,15 @@ class Keys:
         """Sorted set: every session by creation time."""
         return f"{self.prefix}:index"
 
+    def tenant_index(self, tenant: str) -> str:
+        """Sorted set: one tenant's sessions by creation time (listing stays per tenant)."""
+        return f"{self.prefix}:index:tenant:{{{tenant}}}"
+
+    @property
+    def tenant_backfill(self) -> str:
+        """Marker: sessions from before tenants were added to the default tenant's index."""
+        return f"{self.prefix}:index:tenant-backfilled"
+
     @property
     def live(self) -> str:
         """Sorted set: sessions a worker currently drives, scored by last claim refresh."""

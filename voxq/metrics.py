@@ -38,3 +38,9 @@ INGEST_REJECTS = Counter("voxq_ingest_rejects", "Ingest handshakes or connection
 INGEST_ACK_LATENCY = Histogram(
     "voxq_ingest_ack_latency_seconds", "Audio message received to its chunk acknowledged by Redis",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 10.0))
+
+# Access control: ``reason`` is a Denial value (no_key, bad_key, expired, scope, tenant,
+# rate_limited, quota, no_scope_declared); ``action`` created|revoked
+AUTH_DENIED = Counter("voxq_auth_denied", "Requests and ingest connections refused by access "
+                                          "control", ["reason"])
+KEY_ADMIN = Counter("voxq_key_admin", "API keys created and revoked", ["action"])

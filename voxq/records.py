@@ -22,6 +22,7 @@ MIN_RATE, MAX_RATE = 8000, 48000
 MIN_CHUNK_MS, MAX_CHUNK_MS = 20, 200
 LANGUAGE_RE_DOC = "a BCP-47 style code such as en-US"
 CHECKPOINT_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+TENANT_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 WEBHOOK_URL_RE = re.compile(r"https?://[^\s]+", re.IGNORECASE)
 
 
@@ -81,6 +82,7 @@ class SessionMeta:
     bad_chunks: int = 0  # audio entries the worker could not use (counted, never silent)
     webhook: str = ""  # the producer's URL for this session's end events ("" for none)
     webhook_finals: bool = False  # the session's webhook also gets each final (transcript.final)
+    tenant: str = ""  # the creating key's tenant ("": from before tenants, the default tenant)
 
     def __post_init__(self) -> None:
         validate_session_id(self.session_id)
@@ -93,6 +95,9 @@ class SessionMeta:
                 self.webhook)):
             raise InvalidInput("webhook must be an http:// or https:// URL of at most 2000 "
                                "characters")
+        if self.tenant and not TENANT_RE.fullmatch(self.tenant):
+            raise InvalidInput(f"invalid tenant {self.tenant[:60]!r}: use 1-64 characters from "
+                               "A-Z a-z 0-9 . _ -")
         if self.webhook_finals and not self.webhook:
             raise InvalidInput("webhook finals need a webhook URL")
         if not (MIN_RATE <= self.rate <= MAX_RATE):
@@ -143,6 +148,7 @@ class SessionMeta:
             "bad_chunks": str(self.bad_chunks),
             **({"webhook": self.webhook} if self.webhook else {}),
             **({"webhook_finals": "1"} if self.webhook_finals else {}),
+            **({"tenant": self.tenant} if self.tenant else {}),
         }
 
     @classmethod
@@ -199,6 +205,7 @@ class SessionMeta:
                 bad_chunks=num("bad_chunks", int, "0"),
                 webhook=d.get("webhook", ""),
                 webhook_finals=d.get("webhook_finals", "") == "1",
+                tenant=d.get("tenant", ""),
             )
         except MalformedRecord:
             raise

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from voxq.access import DEFAULT_TENANT
 from voxq.errors import InvalidSessionId, MalformedRecord, SessionExists, UnknownSession
 from voxq.keys import TRANSCRIBERS_GROUP, Keys, validate_session_id
 from voxq.lifecycle import announce
@@ -56,6 +57,7 @@ async def create_session(r: aioredis.Redis, keys: Keys, meta: SessionMeta) -> Se
         raise SessionExists(f"session {meta.session_id!r} already exists")
     await ensure_group(r, keys)
     await r.zadd(keys.index, {meta.session_id: meta.created})
+    await r.zadd(keys.tenant_index(meta.tenant or DEFAULT_TENANT), {meta.session_id: meta.created})
     await r.xadd(keys.sessions, {"sid": meta.session_id})
     await announce(r, keys, meta.session_id, Status.CREATED, vendor=meta.vendor)
     return meta
@@ -91,11 +93,13 @@ def _decoded_id(raw: bytes | str) -> str:
 
 
 async def list_sessions(r: aioredis.Redis, keys: Keys, offset: int = 0,
-                        limit: int = 50) -> Page:
-    """Sessions newest first; ids whose meta has expired are left out of the page, and so are
-    index members that are no valid id and metas that cannot be read (counted in ``skipped``)."""
-    total = await r.zcard(keys.index)
-    raw_ids: Any = await r.zrevrange(keys.index, offset, offset + limit - 1)
+                        limit: int = 50, tenant: str | None = None) -> Page:
+    """Sessions newest first (every tenant's, or one ``tenant``'s); ids whose meta has expired
+    are left out of the page, and so are index members that are no valid id and metas that
+    cannot be read (counted in ``skipped``)."""
+    index = keys.index if tenant is None else keys.tenant_index(tenant)
+    total = await r.zcard(index)
+    raw_ids: Any = await r.zrevrange(index, offset, offset + limit - 1)
     ids: list[str] = []
     skipped = 0
     for raw in raw_ids or ():
@@ -110,11 +114,19 @@ async def list_sessions(r: aioredis.Redis, keys: Keys, offset: int = 0,
             for sid in ids:
                 p.hgetall(keys.meta(sid))
             hashes = await p.execute()
+        expired = [sid for sid, h in zip(ids, hashes, strict=True) if not h]
+        if expired and tenant is not None:
+            # the sweeper cleans the global index; a tenant's index is cleaned as it is read
+            await r.zrem(index, *expired)
         for sid, h in zip(ids, hashes, strict=True):
             if not h:
                 continue
             try:
-                metas.append(SessionMeta.from_hash(h, sid))
+                meta = SessionMeta.from_hash(h, sid)
+                if tenant is not None and (meta.tenant or DEFAULT_TENANT) != tenant:
+                    skipped += 1  # an index member whose record names another tenant
+                    continue
+                metas.append(meta)
             except MalformedRecord as e:
                 log.warning("session index: skipping %s: %s", sid, e)
                 skipped += 1
@@ -163,3 +175,34 @@ async def _finals(r: aioredis.Redis, keys: Keys, sid: str, batch: int,
             return Finals(out, skipped)
         last = entries[-1][0]
         start = "(" + (last.decode() if isinstance(last, bytes) else last)
+
+
+async def backfill_tenant_index(r: aioredis.Redis, keys: Keys, batch: int = 500) -> int:
+    """Once per deployment: add sessions created before tenants existed (no ``tenant`` field)
+    to the default tenant's index, so existing data stays listed without a migration by hand.
+    Returns how many were added (0 when another process did it already)."""
+    if not await r.exists(keys.index):
+        return 0  # nothing from before tenants (checked again at the next start)
+    if not await r.set(keys.tenant_backfill, repr(time.time()), nx=True):
+        return 0
+    added, cursor = 0, 0
+    while True:
+        reply: Any = await r.zscan(keys.index, cursor, count=batch)
+        cursor, items = reply
+        members: list[tuple[str, float]] = []
+        for raw, score in items:
+            try:
+                members.append((_decoded_id(raw), float(score)))
+            except InvalidSessionId:
+                continue
+        if members:
+            async with r.pipeline(transaction=False) as p:
+                for sid, _ in members:
+                    p.hget(keys.meta(sid), "tenant")
+                tenants = await p.execute()
+            old = {sid: score for (sid, score), t in zip(members, tenants, strict=True) if not t}
+            if old:
+                n: Any = await r.zadd(keys.tenant_index(DEFAULT_TENANT), old)
+                added += int(n)
+        if not cursor:
+            return added

@@ -115,7 +115,37 @@ class Settings(BaseSettings):
     api_host: str = Field(default="127.0.0.1", description="Address the API binds.")
     api_port: int = Field(default=8000, ge=0, le=65535, description="Port the API binds.")
     api_key: SecretStr | None = Field(
-        default=None, description="When set, the API requires `Authorization: Bearer KEY`.")
+        default=None, description="Bootstrap admin key (tenant default): while it is set or any "
+                                  "key exists (voxq keys create), the API requires "
+                                  "`Authorization: Bearer KEY`.")
+    token_secret: SecretStr | None = Field(
+        default=None, description="Signs short-lived browser tokens (POST /v1/tokens); same on "
+                                  "every API replica. Unset: derived from VOXQ_API_KEY; neither "
+                                  "set: tokens are off.")
+    tenant: str = Field(
+        default="default", pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="Tenant of the sessions `voxq produce` and Publisher create.")
+    rate_limit_per_second: float = Field(
+        default=50.0, ge=0, description="Requests per second one API key (and its tokens) may "
+                                        "make, averaged; 0: no rate limit.")
+    rate_limit_burst_seconds: float = Field(
+        default=2.0, gt=0, le=3600, description="A key's burst: this many seconds' worth of "
+                                                "its rate at once.")
+    rate_limit_scopes: dict[str, float] = Field(
+        default={},
+        description='Per-scope request rates as JSON, e.g. {"tts:write": 5, "admin": 200}; a '
+                    "key gets the highest of its scopes' rates, else VOXQ_RATE_LIMIT_PER_SECOND.")
+    tts_daily_chars_per_tenant: int = Field(
+        default=0, ge=0, description="TTS characters one tenant may submit per UTC day (over "
+                                     "it: 429 with Retry-After); 0: no quota.")
+    docs_private: bool = Field(
+        default=False, description="/docs and /openapi.json need a key (any scope) while "
+                                   "authentication is on.")
+    api_metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="Serve the API's /metrics on this port too, without a key (for Prometheus "
+                    "inside the cluster); the API port's /metrics needs metrics:read or admin "
+                    "while authentication is on.")
     api_max_connections: int = Field(
         default=2000, ge=8, le=1_000_000,
         description="Open client connections the API holds; past it, the one that has waited "
@@ -333,6 +363,19 @@ class Settings(BaseSettings):
             return validate_redis_url(url)
         except InvalidInput as e:
             raise ValueError(str(e)) from None
+
+    @field_validator("rate_limit_scopes")
+    @classmethod
+    def _known_scopes(cls, rates: dict[str, float]) -> dict[str, float]:
+        """Per-scope rates name known scopes and are not negative."""
+        known = {"sessions:read", "sessions:write", "tts:read", "tts:write", "webhooks:manage",
+                 "metrics:read", "admin"}
+        for scope, rate in rates.items():
+            if scope not in known:
+                raise ValueError(f"unknown scope {scope[:40]!r}; use {', '.join(sorted(known))}")
+            if rate < 0:
+                raise ValueError(f"the rate of {scope} must not be negative")
+        return rates
 
     @field_validator("log_level")
     @classmethod

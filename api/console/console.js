@@ -375,7 +375,8 @@ async function openCall(sid) {
   $("#find-count").textContent = "";
   for (const a of document.querySelectorAll(".downloads a")) {
     const f = a.dataset.format;
-    a.href = withToken("/v1/sessions/" + encodeURIComponent(sid) + "/transcript?format=" + f);
+    a.dataset.path = "/v1/sessions/" + encodeURIComponent(sid) + "/transcript?format=" + f;
+    a.href = a.dataset.path;
     a.setAttribute("download", sid.replace(/[^\w.-]+/g, "_") + "." + f);
   }
   try {
@@ -530,6 +531,25 @@ function onTranscriptScroll() {
   const bottom = t.scrollHeight - t.scrollTop - t.clientHeight < 40;
   call.follow = bottom;
   $("#jump").hidden = bottom;
+}
+
+/* A transcript download: a plain link with auth off; with a token, fetched with the token in
+   the Authorization header and handed to the browser as a file (no token in any URL). */
+async function downloadTranscript(event) {
+  if (!auth.token) return;
+  event.preventDefault();
+  const a = event.currentTarget;
+  try {
+    const r = await api(a.dataset.path);
+    const url = URL.createObjectURL(await r.blob());
+    const save = el("a", { href: url, download: a.getAttribute("download") });
+    document.body.append(save);
+    save.click();
+    save.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  } catch (e) {
+    if (e.status !== 401) banner("Download failed: " + explain(e));
+  }
 }
 
 /* find: every line whose text holds the query is marked; Enter / ↓ / ↑ walk the matches */
@@ -763,7 +783,11 @@ async function start() {
   $(".skip").addEventListener("click", (e) => { e.preventDefault(); $("#main").focus(); });
   $("#signin-form").addEventListener("submit", signIn);
   $("#sign-out").addEventListener("click", signOut);
-  $("#banner-action").addEventListener("click", () => { hideBanner(); show("signin"); $("#signin-key").focus(); });
+  $("#banner-action").addEventListener("click", () => {
+    $("#banner-action").hidden = true;  // the reason stays above the form until sign-in
+    show("signin");
+    $("#signin-key").focus();
+  });
   for (const id of ["#f-search", "#f-status", "#f-vendor"]) {
     $(id).addEventListener("input", () => { calls.page = 0; drawCalls(); });
   }
@@ -776,6 +800,7 @@ async function start() {
   $("#find").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); step(e.shiftKey ? -1 : 1); } });
   $("#find-next").addEventListener("click", () => step(1));
   $("#find-prev").addEventListener("click", () => step(-1));
+  for (const a of document.querySelectorAll(".downloads a")) a.addEventListener("click", downloadTranscript);
   $("#tts-form").addEventListener("submit", submitTts);
   $("#batch-form").addEventListener("submit", submitBatch);
   window.addEventListener("hashchange", route);

@@ -18,7 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+import redis.asyncio as aioredis
+
+from voxq.access import KeyStore, Scope
 from voxq.errors import VoxqError
+from voxq.keys import Keys
 
 
 class AuthFailed(VoxqError):
@@ -27,16 +31,46 @@ class AuthFailed(VoxqError):
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who a connection streams as (``tenant`` is fixed until scoped keys exist)."""
+    """Who a connection streams as: its sessions belong to ``tenant``."""
 
     name: str
     tenant: str = "default"
+    key_id: str = ""
 
 
 class KeyChecker(Protocol):
     """Turns a presented key into a principal, or None when it is not valid."""
 
     def check(self, key: str) -> Principal | None: ...
+
+
+class ScopedKeys:
+    """The API's scoped keys (voxq.access) for ingest: a key that holds sessions:write (or
+    admin) and has not expired streams as its tenant; the static gateway key, if any, as the
+    default tenant."""
+
+    def __init__(self, static: StaticKey | None, r: aioredis.Redis, keys: Keys) -> None:
+        self.static = static
+        self.store = KeyStore(r, keys)
+
+    async def check(self, key: str) -> Principal:
+        """The principal of ``key``; AuthFailed (naming the reason, never the key) otherwise."""
+        if self.static is not None:
+            p = self.static.check(key)
+            if p is not None:
+                return p
+        rec = await self.store.verify(key)
+        if rec is None:
+            raise AuthFailed("the key is not valid")
+        if rec.expired():
+            raise AuthFailed("the key has expired")
+        if Scope.SESSIONS_WRITE not in rec.scopes and Scope.ADMIN not in rec.scopes:
+            raise AuthFailed("the key lacks the scope sessions:write")
+        return Principal(rec.name or rec.key_id, rec.tenant, rec.key_id)
+
+    async def any(self) -> bool:
+        """Whether any scoped key exists."""
+        return await self.store.any()
 
 
 class StaticKey:

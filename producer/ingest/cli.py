@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from voxq.errors import VoxqError
 from voxq.redis_conn import redis_url
@@ -27,6 +27,13 @@ async def _main(gw: Gateway, host: str, port: int) -> None:
     await run_gateway(gw, host, port)
 
 
+async def _keys_exist(gw: Any) -> bool:
+    try:
+        return bool(await gw.has_scoped_keys())
+    finally:
+        await gw.close()
+
+
 def run(args: argparse.Namespace) -> int:
     """Check the credentials, then serve until SIGTERM."""
     # imported here: every `voxq` command registers this one, and the gateway's modules are heavy
@@ -37,9 +44,10 @@ def run(args: argparse.Namespace) -> int:
     port = settings.ingest_port if args.port is None else args.port
     with redis_url(settings) as url:
         gw = Gateway(settings, url, insecure=args.insecure)
-        if not gw.has_credentials() and not args.insecure:
+        if not gw.has_credentials() and not args.insecure and not asyncio.run(_keys_exist(gw)):
             raise NoCredentials(
-                "no credential is configured: set VOXQ_INGEST_KEY (or VOXQ_API_KEY), "
+                "no credential is configured: create a key with sessions:write (voxq keys "
+                "create), set VOXQ_INGEST_KEY (or VOXQ_API_KEY), "
                 "VOXQ_TWILIO_AUTH_TOKEN or VOXQ_AUDIOHOOK_API_KEY, or pass --insecure to accept "
                 "every client")
         if args.insecure:

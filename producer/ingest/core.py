@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import time
@@ -22,7 +23,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from producer.ingest.auth import KeyChecker, NonceCache, StaticKey
+from producer.ingest.auth import KeyChecker, NonceCache, ScopedKeys, StaticKey
 from producer.publisher import Publisher
 from voxq.errors import InvalidInput, VoxqError
 from voxq.keys import Keys, validate_session_id
@@ -86,6 +87,11 @@ return 1
 """
 
 
+#: the tenant of the connection being handled (set by the server from the presented key)
+CONNECTION_TENANT: contextvars.ContextVar[str] = contextvars.ContextVar("voxq_ingest_tenant",
+                                                                       default="default")
+
+
 @dataclass
 class Gateway:
     """Process-wide state: settings, Redis URL, credentials, limits, sessions being written."""
@@ -105,6 +111,25 @@ class Gateway:
         key = self.settings.ingest_key or self.settings.api_key
         self.key_checker = StaticKey(key.get_secret_value()) if key is not None else None
         self.connections = {d: set() for d in Dialect}
+        self._auth_r: aioredis.Redis | None = None
+
+    def scoped_keys(self) -> ScopedKeys:
+        """The API's scoped keys plus the static gateway key (one Redis client, made on first
+        use and kept for the process's life)."""
+        if self._auth_r is None:
+            self._auth_r = connect(self.url)
+        static = self.key_checker if isinstance(self.key_checker, StaticKey) else None
+        return ScopedKeys(static, self._auth_r, self.keys)
+
+    async def close(self) -> None:
+        """Close the key-checking Redis client, if one was made."""
+        if self._auth_r is not None:
+            client, self._auth_r = self._auth_r, None
+            await client.aclose()
+
+    async def has_scoped_keys(self) -> bool:
+        """Whether the API's scoped keys exist in Redis (they authenticate ingest too)."""
+        return await self.scoped_keys().any()
 
     def has_credentials(self) -> bool:
         """True when at least one way of authenticating is configured."""
@@ -160,7 +185,8 @@ class IngestSession:
     def __init__(self, gw: Gateway, dialect: Dialect) -> None:
         self.gw = gw
         self.dialect = dialect
-        self.pub = Publisher(gw.url, settings=gw.settings, keys=gw.keys)
+        self.tenant = CONNECTION_TENANT.get()
+        self.pub = Publisher(gw.url, settings=gw.settings, keys=gw.keys, tenant=self.tenant)
         self.pub.on_ack = self._on_ack
         self.meta: SessionMeta | None = None
         self._base_seq = 0
@@ -194,6 +220,9 @@ class IngestSession:
             if resume:
                 with contextlib.suppress(InvalidInput):  # nothing to resume: start it
                     meta = await self.pub.attach(sid)
+                if meta is not None and (meta.tenant or "default") != self.tenant:
+                    raise Rejected(f"session {sid!r} cannot be resumed with this key",
+                                   CloseCode.POLICY, "auth")
             if meta is None:
                 meta = await self.pub.open(sid, spec.vendor, spec.language, spec.rate,
                                            spec.channels, None, spec.options)

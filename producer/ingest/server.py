@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs
@@ -19,13 +20,21 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from producer.ingest.audiohook import handle_audiohook
-from producer.ingest.auth import AuthFailed, check_audiohook, check_twilio, presented_key
-from producer.ingest.core import CloseCode, Dialect, Gateway
+from producer.ingest.auth import (
+    AuthFailed,
+    Principal,
+    check_audiohook,
+    check_twilio,
+    presented_key,
+)
+from producer.ingest.core import CONNECTION_TENANT, CloseCode, Dialect, Gateway
 from producer.ingest.file import handle_file
 from producer.ingest.jambonz import handle_jambonz
 from producer.ingest.jambonz_protocol import SUBPROTOCOL
 from producer.ingest.raw import handle_raw
 from producer.ingest.twilio import handle_twilio
+from voxq import audit
+from voxq.access import DEFAULT_TENANT, Denial
 from voxq.metrics import INGEST_REJECTS
 
 log = logging.getLogger("voxq.ingest")
@@ -52,30 +61,35 @@ class IngestServer:
         self.gw = gw
         self.server: Server | None = None
         self._idle = asyncio.Event()  # set whenever a connection ends
+        # the tenant each authenticated handshake streams as, until its handler starts
+        self._tenants: weakref.WeakKeyDictionary[ServerConnection, str] = \
+            weakref.WeakKeyDictionary()
 
-    def authenticate(self, dialect: Dialect, request: Request, query: Mapping[str, list[str]]
-                     ) -> None:
-        """AuthFailed unless the request carries a valid credential for ``dialect``."""
+    async def authenticate(self, dialect: Dialect, request: Request,
+                           query: Mapping[str, list[str]]) -> Principal:
+        """The principal of the request's credential for ``dialect``; AuthFailed without one.
+        Platform signatures (Twilio, AudioHook) stream as the default tenant; a key as its own
+        tenant (the API's scoped keys need sessions:write)."""
         if self.gw.insecure:
-            return
+            return Principal("insecure")
         s, h = self.gw.settings, request.headers
         if dialect is Dialect.TWILIO and s.twilio_auth_token is not None:
             base = s.ingest_public_url or f"wss://{h.get('Host', '')}"
             check_twilio(s.twilio_auth_token.get_secret_value(),
                          base.rstrip("/") + request.path, h.get("X-Twilio-Signature"))
-            return
+            return Principal("twilio")
         if dialect is Dialect.AUDIOHOOK and s.audiohook_api_key is not None:
             secret = s.audiohook_client_secret
             check_audiohook(h, request.path, s.audiohook_api_key.get_secret_value(),
                             secret.get_secret_value() if secret else None, self.gw.nonces)
-            return
+            return Principal("audiohook")
         key = presented_key(h, query)
         if key is None:
             raise AuthFailed("a key is required: Authorization: Bearer KEY or ?key=KEY")
-        if self.gw.key_checker is None or self.gw.key_checker.check(key) is None:
-            raise AuthFailed("the key is not valid")
+        return await self.gw.scoped_keys().check(key)
 
-    def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+    async def process_request(self, conn: ServerConnection,
+                              request: Request) -> Response | None:
         """Health, readiness and metrics over plain HTTP; route, limit and authenticate upgrades."""
         path, query = _split(request.path)
         if path == "/healthz":
@@ -97,13 +111,20 @@ class IngestServer:
             INGEST_REJECTS.labels(dialect.value, "limit").inc()
             return conn.respond(503, "the gateway is full\n")
         try:
-            self.authenticate(dialect, request, query)
+            principal = await self.authenticate(dialect, request, query)
         except AuthFailed as e:
             INGEST_REJECTS.labels(dialect.value, "auth").inc()
             peer = conn.remote_address[0] if conn.remote_address else "?"
             log.warning("%s handshake from %s refused: %s", dialect.value, peer, e)
+            if self.gw._auth_r is not None:
+                reason = (Denial.SCOPE if "scope" in str(e) else Denial.EXPIRED
+                          if "expired" in str(e) else Denial.BAD_KEY)
+                await audit.denied(self.gw._auth_r, self.gw.keys, reason.value,
+                                   route=f"INGEST {request.path.partition('?')[0]}", peer=peer,
+                                   detail=str(e))
             status = 403 if dialect is Dialect.TWILIO else 401
             return conn.respond(status, f"{e}\n")
+        self._tenants[conn] = principal.tenant
         return None
 
     @staticmethod
@@ -117,6 +138,7 @@ class IngestServer:
         assert ws.request is not None
         path, query = _split(ws.request.path)
         dialect = ROUTES[path]
+        CONNECTION_TENANT.set(self._tenants.pop(ws, DEFAULT_TENANT))
         conns = self.gw.connections[dialect]
         conns.add(ws)
         try:
@@ -177,3 +199,4 @@ async def run_gateway(gw: Gateway, host: str, port: int,
     finally:
         log.info("voxq ingest draining (grace %.0f s)", gw.settings.ingest_drain_grace_seconds)
         await srv.drain(gw.settings.ingest_drain_grace_seconds)
+        await gw.close()

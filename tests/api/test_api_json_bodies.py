@@ -59,7 +59,7 @@ def small_live(small: Settings) -> Iterator[LiveServer]:
 
 async def test_every_json_route_is_covered(client: httpx.AsyncClient) -> None:
     routes = json_post_routes((await client.get("/openapi.json")).json())
-    assert routes == ["/v1/tts", "/v1/tts/batch", "/v1/webhooks"]
+    assert routes == ["/v1/keys", "/v1/tokens", "/v1/tts", "/v1/tts/batch", "/v1/webhooks"]
 
 
 @pytest.mark.parametrize("shape", sorted(DEEP_BODIES))

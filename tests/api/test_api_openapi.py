@@ -187,8 +187,11 @@ def test_security_is_declared_only_with_a_key(redis_server: RedisServer) -> None
     assert on["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     for path, ops in on["paths"].items():
         for op in ops.values():
-            assert ("401" in op["responses"]) == path.startswith("/v1/"), path
-            assert ("security" in op) == path.startswith("/v1/"), path
+            # every route but the health probes needs a key (/metrics: metrics:read)
+            guarded = op["x-required-scope"] != "public"
+            assert guarded == (path.startswith("/v1/") or path == "/metrics"), path
+            assert ("401" in op["responses"]) == guarded, path
+            assert ("security" in op) == guarded, path
 
 
 async def test_documented_answers_match_real_ones(schema_live: LiveServer) -> None:

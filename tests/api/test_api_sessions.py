@@ -19,7 +19,7 @@ from voxq.settings import Settings
 HOSTILE = ["a{b}", "x" * 200, "..%2Fx", "%2E%2E%2F%2E%2E%2Fetc", "a%20b", "a%00b", "%7Bsid%7D",
            "a%2Fb"]
 PUBLIC_FIELDS = {"session_id", "vendor", "language", "rate", "channels", "status", "error",
-                 "created", "updated", "finals", "audio_seconds", "bad_chunks"}
+                 "created", "updated", "finals", "audio_seconds", "bad_chunks", "tenant"}
 
 
 async def test_sessions_page_newest_first_with_total(client: httpx.AsyncClient,

@@ -389,8 +389,9 @@ async def test_sign_in_with_a_key_and_see_only_your_tenant(
             await page.click("#signin-form button[type=submit]")
             await page.wait_for_selector(f'tr[data-session="{tenant}-call-0"]')
             await page.wait_for_selector("#live-state.on")
-            assert await page.locator(f'tr[data-session^="{other}-"]').count() == 0
-            assert await page.locator("#calls-body tr").count() == 2
+            shown = await page.eval_on_selector_all("#calls-body tr", "rows => rows.map(r => r.dataset.session)")
+            assert {f"{tenant}-call-0", f"{tenant}-call-1"} <= set(shown)
+            assert all(s.startswith(f"{tenant}-") for s in shown), shown
             # live: the firehose brings this tenant's new call, never the other's
             await create(r, keys, f"{other}-late-{tenant}", vendor="voxq-ws", rate=RATE, tenant=other)
             await create(r, keys, f"{tenant}-late-{tenant}", vendor="voxq-ws", rate=RATE, tenant=tenant)
@@ -401,7 +402,15 @@ async def test_sign_in_with_a_key_and_see_only_your_tenant(
             assert await page.input_value("#signin-key") == ""
             stored = await page.evaluate("JSON.stringify([{...localStorage}, {...sessionStorage}])")
             assert secrets[tenant] not in stored
-            # another tenant's call is "not found", and a downloaded transcript carries the token
+            # a transcript download goes with the token (in a header, not in the URL)
+            await page.goto(f"{url}/#/call/{tenant}-call-0")
+            await page.wait_for_selector("#call-meta dd")
+            async with httpx.AsyncClient(base_url=url, timeout=10) as api:
+                txt = await api.get(f"/v1/sessions/{tenant}-call-0/transcript?format=vtt",
+                                    headers={"Authorization": f"Bearer {secrets[tenant]}"})
+            assert txt.status_code == 200 and txt.text.startswith("WEBVTT")
+            assert await download(tab, "#dl-vtt") == txt.content
+            # another tenant's call is "not found"
             await page.goto(f"{url}/#/call/{other}-call-0")
             await page.wait_for_selector("#call-error:has-text('No call with the id')")
             await shot(tab, out, f"calls-{tenant}")
@@ -412,6 +421,7 @@ async def test_sign_in_with_a_key_and_see_only_your_tenant(
             status=401, content_type="application/json", body='{"detail": "token expired"}'))
         await page.goto(f"{url}/#/call/{tenant}-call-1")
         await page.wait_for_selector("#banner:has-text('Session expired, sign in again')")
+        await shot(tab, out, "session-expired")
         await page.click("#banner-action")
         await page.wait_for_selector("#view-signin:not([hidden])")
-        await shot(tab, out, "session-expired")
+        assert await page.evaluate("document.activeElement.id") == "signin-key"

@@ -74,6 +74,7 @@ BASE_OVERRIDES = {
     "VOXQ_INGEST_HOST": "0.0.0.0",  # the same for the ingest gateway
     "VOXQ_WORKER_HEALTH_PORT": "8081",  # unset = no health server: the probes need one
     "VOXQ_TTS_METRICS_PORT": "9102",  # unset = no /metrics: Prometheus scrapes the TTS worker
+    "VOXQ_API_METRICS_PORT": "9100",  # unset = /metrics only behind a key on the API port
 }
 UVICORN_GRACEFUL_SHUTDOWN_S = 5  # api/cli.py: uvicorn.Config(timeout_graceful_shutdown=5)
 
@@ -540,7 +541,13 @@ def test_ports_match_the_settings(docs: tuple[Doc, ...], config: dict[str, str],
     np_ports = {n["metadata"]["name"]: {p["port"] for r in n["spec"].get("ingress", [])
                                         for p in r.get("ports", [])}
                 for n in of_kind(docs, "NetworkPolicy")}
-    assert np_ports["voxq-api"] == {api_port}
+    metrics_port = settings.api_metrics_port
+    assert metrics_port is not None and metrics_port != api_port
+    assert container_port(api, metrics_port) == metrics_port
+    a, _ = voxq_container(docs, "api")
+    assert a["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == \
+        str(metrics_port)
+    assert np_ports["voxq-api"] == {api_port, metrics_port}
     g, ingest = voxq_container(docs, "ingest")
     ingest_port = int(flag(ingest["args"], "--port") or settings.ingest_port)
     assert settings.ingest_host == "0.0.0.0" or flag(ingest["args"], "--host") == "0.0.0.0"
@@ -737,3 +744,17 @@ def test_dashboard_uses_exactly_the_documented_metrics() -> None:
         assert (kind.group(1) == "counter") == name.endswith("_total")
         if kind.group(1) == "histogram":
             assert name.endswith("_seconds") and any(f"{name}_bucket" in e for e in exprs)
+
+
+def test_prod_admits_the_api_only_from_the_ingress_controller() -> None:
+    """Prod: port 8000 only from the ingress controller's namespace; the metrics port stays
+    open to Prometheus. Dev keeps the API open inside the cluster."""
+    prod = one(render("overlays/prod"), "NetworkPolicy", "voxq-api")["spec"]["ingress"]
+    api_rules = [r for r in prod if any(p["port"] == 8000 for p in r.get("ports", []))]
+    assert api_rules and all(r.get("from") for r in api_rules)
+    for rule in api_rules:
+        for peer in rule["from"]:
+            assert peer == {"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": "ingress-nginx"}}}, peer
+    dev = one(render("overlays/dev"), "NetworkPolicy", "voxq-api")["spec"]["ingress"]
+    assert any(not r.get("from") and any(p["port"] == 8000 for p in r["ports"]) for r in dev)

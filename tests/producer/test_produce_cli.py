@@ -286,3 +286,24 @@ def test_level_meter_and_quiet_display(capsys: pytest.CaptureFixture[str]) -> No
     quiet.update(loud)
     quiet.stop()
     assert capsys.readouterr().err == ""
+
+
+async def test_tenant_and_webhook_reach_the_session(env: dict[str, str], keys: Keys,
+                                                    r: aioredis.Redis, tmp_path: Path) -> None:
+    """--tenant (and VOXQ_TENANT) own the session; --webhook and --webhook-finals are stored
+    on it (they once stopped short of Publisher.open)."""
+    wav = _wav(tmp_path / "t.wav", 0.5)
+    p = produce(env, str(wav), "--session", "ten-1", "--fast", "--tenant", "acme",
+                "--webhook", "https://hooks.example/voxq", "--webhook-finals")
+    assert p.returncode == 0, p.stderr
+    meta = SessionMeta.from_hash(await r.hgetall(keys.meta("ten-1")), "ten-1")
+    assert meta.tenant == "acme"
+    assert meta.webhook == "https://hooks.example/voxq" and meta.webhook_finals
+    assert await r.zscore(keys.tenant_index("acme"), "ten-1") is not None
+    p = produce(dict(env, VOXQ_TENANT="globex"), str(wav), "--session", "ten-2", "--fast")
+    assert p.returncode == 0, p.stderr
+    assert await r.hget(keys.meta("ten-2"), "tenant") == b"globex"
+    assert await r.hget(keys.meta("ten-2"), "webhook") is None
+    bad = produce(env, str(wav), "--session", "ten-3", "--fast", "--tenant", "no spaces")
+    assert bad.returncode != 0 and "invalid tenant" in bad.stderr
+    assert await r.exists(keys.meta("ten-3")) == 0

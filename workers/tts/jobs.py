@@ -252,25 +252,27 @@ Fields = dict[Any, Any]
 """Hash fields for HSET (redis-py's own mapping type is too narrow for mypy to infer)."""
 
 
-def record_fields(plan_: Plan, *, batch_id: str | None = None) -> Fields:
-    """The fields of a new job record."""
+def record_fields(plan_: Plan, *, batch_id: str | None = None, tenant: str = "") -> Fields:
+    """The fields of a new job record (``tenant``: the creating key's; "" is the default)."""
     s = plan_.synthesis
     return {"kind": "job", "status": Status.QUEUED.value, "request": plan_.to_json(),
             "vendor": plan_.vendor, "voice": s.voice or "", "chars": str(len(s.text)),
             "created": _now(), "updated": _now(), "progress": "0", "attempts": "0",
-            "error": "", "batch": batch_id or ""}
+            "error": "", "batch": batch_id or "", "tenant": tenant}
 
 
 async def create_records(r: aioredis.Redis, keys: Keys, jobs: Sequence[tuple[str, Plan]],
-                         ttl: int, *, batch_id: str | None = None) -> None:
+                         ttl: int, *, batch_id: str | None = None, tenant: str = "") -> None:
     """Write new job records (and the batch record) with the result TTL, in one round trip."""
     async with r.pipeline(transaction=False) as pipe:
         for job_id, p in jobs:
-            pipe.hset(keys.tts(job_id), mapping=record_fields(p, batch_id=batch_id))
+            pipe.hset(keys.tts(job_id), mapping=record_fields(p, batch_id=batch_id,
+                                                              tenant=tenant))
             pipe.expire(keys.tts(job_id), ttl)
         if batch_id is not None:
             pipe.hset(keys.tts(batch_id), mapping={
-                "kind": "batch", "jobs": json.dumps([j for j, _ in jobs]), "created": _now()})
+                "kind": "batch", "jobs": json.dumps([j for j, _ in jobs]), "created": _now(),
+                "tenant": tenant})
             pipe.expire(keys.tts(batch_id), ttl)
         await pipe.execute()
 
