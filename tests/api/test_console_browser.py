@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -379,15 +380,38 @@ async def test_sign_in_with_a_key_and_see_only_your_tenant(
             for i in range(2):
                 await create(r, keys, f"{tenant}-call-{i}", vendor="voxq-ws", rate=RATE,
                              tenant=tenant)
+        minted: list[tuple[str, str]] = []  # (credential presented, token received)
+
+        async def short_lived(route: Any) -> None:
+            """The real token, announced as expiring in 62 s: its renewal is due in a few."""
+            answer = await route.fetch()
+            body = await answer.json()
+            minted.append((route.request.headers.get("authorization", ""), body["token"]))
+            body["expires_at"] = time.time() + 62
+            await route.fulfill(response=answer, json=body)
+
         for tenant, other in (("acme", "globex"), ("globex", "acme")):
             tab = await new_tab(browser)
             page = tab.page
             await page.goto(url + "/")
             await page.wait_for_selector("#view-signin:not([hidden])")
             await shot(tab, out, f"signin-{tenant}")
+            if tenant == "acme":
+                await page.route("**/v1/tokens", short_lived)
             await page.fill("#signin-key", secrets[tenant])
             await page.click("#signin-form button[type=submit]")
             await page.wait_for_selector(f'tr[data-session="{tenant}-call-0"]')
+            if tenant == "acme":  # renewed with the token itself, and the new one is used
+                async with asyncio.timeout(30):
+                    while len(minted) < 2:
+                        await asyncio.sleep(0.2)
+                assert minted[0][0] == f"Bearer {secrets[tenant]}"
+                assert minted[1][0] == f"Bearer {minted[0][1]}"
+                async with page.expect_request("**/v1/sessions/acme-call-1") as sent:
+                    await page.goto(f"{url}/#/call/acme-call-1")
+                assert (await sent.value).headers["authorization"] == f"Bearer {minted[-1][1]}"
+                await page.goto(url + "/#/calls")
+                await page.wait_for_selector(f'tr[data-session="{tenant}-call-0"]')
             await page.wait_for_selector("#live-state.on")
             shown = await page.eval_on_selector_all("#calls-body tr", "rows => rows.map(r => r.dataset.session)")
             assert {f"{tenant}-call-0", f"{tenant}-call-1"} <= set(shown)
