@@ -372,6 +372,7 @@ async function openCall(sid) {
   $("#call-error").hidden = true;
   $("#call-body").hidden = false;
   $("#call-live").textContent = "";
+  $("#call-live").className = "live";
   $("#find-count").textContent = "";
   for (const a of document.querySelectorAll(".downloads a")) {
     const f = a.dataset.format;

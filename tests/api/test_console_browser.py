@@ -299,6 +299,7 @@ async def test_empty_and_error_states_and_small_screens(
     page = tab.page
     await page.goto(f"{api_url}/#/call/no-such-call")
     await page.wait_for_selector("#call-error:has-text('No call with the id')")
+    assert await page.locator("#call-live.on").count() == 0  # not "live"
     await shot(tab, out, "call-not-found")
 
     for i in range(25):
@@ -437,6 +438,7 @@ async def test_sign_in_with_a_key_and_see_only_your_tenant(
             # another tenant's call is "not found"
             await page.goto(f"{url}/#/call/{other}-call-0")
             await page.wait_for_selector("#call-error:has-text('No call with the id')")
+            assert await page.locator("#call-live.on").count() == 0  # nothing left of the last call
             await shot(tab, out, f"calls-{tenant}")
             assert tenant in await page.inner_text("#who")
             assert tab.foreign == []
