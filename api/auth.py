@@ -72,10 +72,21 @@ async def identify(state: ApiState, credential: str | None) -> Principal:
     missing while auth is on, unknown, expired, or a token whose key is gone."""
     api_key = bootstrap_key(state)
     store = KeyStore(redis_of(state), state.keys)
-    if not api_key and not await store.any():
-        return OFF  # authentication is off: a credential, if any, is not looked at
     if credential is None:
-        raise AccessDenied(Denial.NO_KEY, WRONG_KEY, 401)
+        if api_key or await store.any():
+            raise AccessDenied(Denial.NO_KEY, WRONG_KEY, 401)
+        return OFF
+    try:
+        return await _from_credential(state, store, credential, api_key)
+    except AccessDenied:
+        if not api_key and not await store.any():
+            return OFF  # authentication is off: a credential, if any, is not looked at
+        raise
+
+
+async def _from_credential(state: ApiState, store: KeyStore, credential: str,
+                           api_key: str) -> Principal:
+    """The principal of a presented key or token (a valid one means auth is on)."""
     if tokens.is_token(credential):
         return await _from_token(state, store, credential, api_key)
     if api_key and key_matches(api_key, credential):

@@ -40,6 +40,9 @@ PATTERNS: tuple[re.Pattern[str], ...] = (
     re.compile(r"(?i)(\"(?:api_key|apikey|token|access_token|secret|password|"
                r"authorization)\"\s*:\s*\")[^\"]+"),
     re.compile(r"(?i)(://[^/\s:@]*:)[^@\s/]+(?=@)"),  # user:password@ in URLs
+    # voxq's own API keys (the id stays readable) and browser tokens, wherever they appear
+    re.compile(r"\b(vxk_[0-9a-f]{12}_)[A-Za-z0-9_-]{20,}"),
+    re.compile(r"\b(vxt_)[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"),
 )
 
 

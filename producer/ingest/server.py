@@ -116,12 +116,13 @@ class IngestServer:
             INGEST_REJECTS.labels(dialect.value, "auth").inc()
             peer = conn.remote_address[0] if conn.remote_address else "?"
             log.warning("%s handshake from %s refused: %s", dialect.value, peer, e)
-            if self.gw._auth_r is not None:
-                reason = (Denial.SCOPE if "scope" in str(e) else Denial.EXPIRED
-                          if "expired" in str(e) else Denial.BAD_KEY)
-                await audit.denied(self.gw._auth_r, self.gw.keys, reason.value,
-                                   route=f"INGEST {request.path.partition('?')[0]}", peer=peer,
-                                   detail=str(e))
+            text = str(e)
+            reason = (Denial.NO_KEY if "required" in text or "missing" in text
+                      else Denial.SCOPE if "scope" in text
+                      else Denial.EXPIRED if "expired" in text else Denial.BAD_KEY)
+            await audit.denied(self.gw.scoped_keys().store.r, self.gw.keys, reason.value,
+                               route=f"INGEST {request.path.partition('?')[0]}", peer=peer,
+                               detail=str(e))
             status = 403 if dialect is Dialect.TWILIO else 401
             return conn.respond(status, f"{e}\n")
         self._tenants[conn] = principal.tenant

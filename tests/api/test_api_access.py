@@ -417,3 +417,55 @@ async def test_tts_quota_per_tenant_answers_429(access_settings: Settings, r: ai
         assert "quota" in over.json()["detail"]
         # the other tenant's quota is its own
         assert (await c.post("/v1/tts", json={"text": "z" * 20}, headers=hb)).status_code == 202
+
+
+async def test_subscriptions_get_only_their_own_tenants_sessions(
+        access_settings: Settings, r: aioredis.Redis, keys: Keys) -> None:
+    """The dispatcher's targets of a session: the deployment's URLs, the session's own webhook
+    and the subscriptions of the session's tenant, never another tenant's."""
+    import base64
+
+    from api.webhooks import WebhookDispatcher
+
+    hooks = access_settings.model_copy(update={
+        "webhook_secret": SecretStr("whsec_" + base64.b64encode(b"x" * 32).decode()),
+        "webhook_urls": "https://ops.example/all"})
+    subs = WebhookKeys(keys.prefix).subs
+    for sub, tenant in (("sub-a", "a"), ("sub-b", "b"), ("sub-old", None)):
+        record: dict[str, Any] = {"url": f"https://{sub}.example/", "events": ["session.finished"]}
+        if tenant:
+            record["tenant"] = tenant
+        await r.hset(subs, sub, json.dumps(record))
+    await add_session(r, keys, "wa", tenant="a", webhook="https://own.example/")
+    await add_session(r, keys, "wd")
+    d = WebhookDispatcher(r, keys, hooks)
+    got_a, _ = await d._targets("wa")
+    got_d, _ = await d._targets("wd")
+    assert sorted(t.id for t in got_a if not t.id.startswith("env:")) == ["session", "sub:sub-a"]
+    assert sorted(t.id for t in got_d if not t.id.startswith("env:")) == ["sub:sub-old"]
+    assert all(any(t.id.startswith("env:") for t in got) for got in (got_a, got_d))
+
+
+async def test_a_storm_of_wrong_keys_is_counted_in_full_and_logged_in_few_lines(
+        world: World) -> None:
+    from voxq.logs import RepeatFilter
+
+    lines: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = lines.append  # type: ignore[method-assign]
+    handler.addFilter(RepeatFilter(burst=5, window=60))
+    logger = logging.getLogger("voxq.audit")
+    logger.addHandler(handler)
+    before = _denied("bad_key")
+    try:
+        answers = await asyncio.gather(*[
+            world.client.get("/v1/sessions", headers={"Authorization": f"Bearer wrong-{i}"})
+            for i in range(60)])
+    finally:
+        logger.removeHandler(handler)
+    assert {a.status_code for a in answers} == {401}
+    assert _denied("bad_key") == before + 60
+    stored = await audit.read(world.r, world.keys, 1000)
+    assert sum(e["event"] == "bad_key" for e in stored) == 60
+    assert 1 <= len(lines) <= 6
+    assert not any("wrong-" in rec.getMessage() for rec in lines)

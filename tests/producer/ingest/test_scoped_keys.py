@@ -75,3 +75,13 @@ async def test_refused_keys_are_audited(settings: Settings, r: aioredis.Redis, k
                                    "expired": {"expired", "bad_key"}}[case]
     assert secret not in json.dumps(entries)
     assert await r.exists(keys.meta("nope")) == 0
+
+
+async def test_a_handshake_without_a_key_is_audited(settings: Settings, r: aioredis.Redis,
+                                                    keys: Keys) -> None:
+    async with running(gateway_settings(settings)) as g:
+        with pytest.raises(InvalidStatus) as e:
+            await _stream(g, "format=s16&session=nokey")
+    assert e.value.response.status_code == 401
+    entries = await audit.read(r, keys, 10)
+    assert [x["event"] for x in entries] == ["no_key"]
