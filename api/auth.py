@@ -21,6 +21,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 from fastapi.routing import APIRoute
+from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute
 
 from api.state import ApiState, redis_of
@@ -156,12 +157,12 @@ def http_error(e: AccessDenied) -> HTTPException:
     return HTTPException(e.status, str(e), headers=headers or None)
 
 
-def _peer(request: Any) -> str:
+def _peer(request: HTTPConnection) -> str:
     client = getattr(request, "client", None)
     return client.host if client is not None else ""
 
 
-async def refuse(state: ApiState, request: Any, e: AccessDenied,
+async def refuse(state: ApiState, request: HTTPConnection, e: AccessDenied,
                  p: Principal | None = None) -> HTTPException:
     """Audit a refusal and return its HTTP answer (to raise)."""
     await audit.denied(redis_of(state), state.keys, e.reason.value,
@@ -171,7 +172,7 @@ async def refuse(state: ApiState, request: Any, e: AccessDenied,
     return http_error(e)
 
 
-async def authorize(state: ApiState, request: Any, need: str, *,
+async def authorize(state: ApiState, request: HTTPConnection, need: str, *,
                     query_token: bool = False) -> Principal:
     """The request's principal if it holds ``need``; HTTPException (audited) otherwise."""
     credential = bearer_of(request.headers)
@@ -244,7 +245,8 @@ async def declared(request: Request) -> None:
         raise await refuse(state, request, e)
 
 
-async def hide_other_tenant(state: ApiState, request: Any, p: Principal, what: str) -> HTTPException:
+async def hide_other_tenant(state: ApiState, request: HTTPConnection, p: Principal,
+                            what: str) -> HTTPException:
     """Audit a request for another tenant's object; its answer is the unknown object's 404."""
     e = AccessDenied(Denial.TENANT, what, 404)
     await audit.denied(redis_of(state), state.keys, Denial.TENANT.value,
@@ -253,7 +255,8 @@ async def hide_other_tenant(state: ApiState, request: Any, p: Principal, what: s
     return http_error(e)
 
 
-async def check_session(state: ApiState, request: Any, p: Principal, sid: str) -> None:
+async def check_session(state: ApiState, request: HTTPConnection, p: Principal,
+                        sid: str) -> None:
     """404 (audited) if the session exists and ``p`` may not see it (another tenant, or not
     among a token's sessions); nothing if it is visible or does not exist (yet)."""
     if p.all_tenants and p.sessions is None:
