@@ -238,6 +238,19 @@ async def test_tts_job_plays_and_a_batch_zips(
         with zipfile.ZipFile(io.BytesIO(await download(tab, "#batch-zip"))) as zf:
             assert zf.namelist() == ["0001.mp3", "0002.mp3", "0003.mp3"]
         await shot(tab, out, "batch")
+        # the same lines from a text file: the content cache answers, item by item
+        await page.fill("#batch-lines", "")
+        await page.set_input_files("#batch-file", files=[{
+            "name": "lines.txt", "mimeType": "text/plain", "buffer": "\r\n".join(lines).encode()}])
+        first_batch = await page.inner_text("#batch-id")
+        await page.click("#batch-form button[type=submit]")
+        await page.wait_for_function(
+            f"() => document.querySelector('#batch-id').textContent !== '{first_batch}'")
+        await page.wait_for_function(
+            "() => document.querySelectorAll('#batch-body tr[data-status=finished]').length === 3")
+        assert await page.locator("#batch-body tr").count() == 3
+        assert [await page.inner_text(f"#batch-body tr:nth-child({i + 1}) td:nth-child(2)")
+                for i in range(3)] == lines
         assert (tab.foreign, tab.errors, tab.failed) == ([], [], [])
     finally:
         await asyncio.to_thread(stop_worker, worker)
