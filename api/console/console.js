@@ -364,6 +364,7 @@ async function openCall(sid) {
   Object.assign(call, { id: sid, meta: null, seqs: new Set(), partials: new Map(), finalEnd: new Map(),
     follow: true, matches: [], current: -1, lastId: "" });
   $("#call-id").textContent = sid;
+  $("#call-meta").replaceChildren();
   $("#transcript").replaceChildren();
   $("#transcript").classList.remove("labelled");
   $("#transcript-empty").hidden = false;
@@ -383,8 +384,8 @@ async function openCall(sid) {
   try {
     call.meta = await apiJson("/v1/sessions/" + encodeURIComponent(sid));
   } catch (e) {
+    $("#call-body").hidden = true;  // nothing of another call stays on the page
     if (e.status === 401) return;
-    $("#call-body").hidden = true;
     $("#call-error").textContent = e.status === 404 ? "No call with the id “" + sid + "” (unknown, or expired)."
       : e.status === 422 ? "“" + sid + "” is not a valid session id: " + e.message : explain(e);
     $("#call-error").hidden = false;

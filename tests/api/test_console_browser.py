@@ -460,6 +460,7 @@ async def test_sign_in_with_a_key_and_see_only_your_tenant(
             status=401, content_type="application/json", body='{"detail": "token expired"}'))
         await page.goto(f"{url}/#/call/{tenant}-call-1")
         await page.wait_for_selector("#banner:has-text('Session expired, sign in again')")
+        assert not await page.locator("#call-body").is_visible()  # no other call's data
         await shot(tab, out, "session-expired")
         await page.click("#banner-action")
         await page.wait_for_selector("#view-signin:not([hidden])")
