@@ -156,3 +156,6 @@ async def test_rate_limit_is_shared_by_two_api_processes(env: dict[str, str], r:
             assert (await c.get(f"{url_a}/v1/sessions", headers=headers)).status_code == 200
     entries = [e for _, e in await r.xrange(f"{keys.prefix}:audit")]
     assert sum(e[b"event"] == b"rate_limited" for e in entries) == len(limited)
+    # the buckets expire on their own; removed now so no later test sees keys vanish
+    async for k in r.scan_iter(match=f"{keys.prefix}:ratelimit:*"):
+        await r.delete(k)
