@@ -83,6 +83,11 @@ OBSERVE = """() => {
 }"""
 
 
+UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea, audio, button')]
+    .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
+    .map(e => e.id || e.outerHTML.slice(0, 80))"""
+
+
 async def download(tab: Tab, selector: str) -> bytes:
     """Click a download link; the downloaded file's bytes."""
     async with tab.page.expect_download() as info:
@@ -238,6 +243,7 @@ async def test_tts_job_plays_and_a_batch_zips(
         with zipfile.ZipFile(io.BytesIO(await download(tab, "#batch-zip"))) as zf:
             assert zf.namelist() == ["0001.mp3", "0002.mp3", "0003.mp3"]
         await shot(tab, out, "batch")
+        assert await page.evaluate(UNLABELLED) == []  # every control of every view has a name
         # the same lines from a text file: the content cache answers, item by item
         await page.fill("#batch-lines", "")
         await page.set_input_files("#batch-file", files=[{
