@@ -17,6 +17,7 @@ from api import (
     events,
     openapi,
     routes_access,
+    routes_console,
     routes_health,
     routes_sessions,
     routes_tts,
@@ -97,6 +98,7 @@ def create_app(settings: Settings, redis_url: str,
     app.state.api = state
     errors.install(app)
     app.include_router(routes_health.router, tags=["health"])
+    app.include_router(routes_console.router)  # the web console at / and /ui/…
     v1 = [Depends(declared)]  # a route that declares no scope is refused (fail closed)
     # /events and /transcript are registered before the catch-all `{session_id:path}` route.
     app.include_router(events.router, prefix="/v1", tags=["events"], dependencies=v1)

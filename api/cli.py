@@ -141,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
             start_http_server(settings.api_metrics_port, addr=host)
             print(f"voxq api: metrics on port {settings.api_metrics_port}", flush=True)
         config = server_config(app, settings, limits)
-        print(f"voxq api: listening on {url_of(sock)} (docs at {url_of(sock)}/docs)",
+        base = url_of(sock)
+        print(f"voxq api: listening on {base} (console at {base}/, docs at {base}/docs)",
               flush=True)
         try:
             ApiServer(config).run(sockets=[sock])

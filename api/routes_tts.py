@@ -33,6 +33,7 @@ from voxq.errors import InvalidInput
 from voxq.redis_conn import connect_sync, rq_url
 from voxq.settings import Settings
 from voxq.tts_jobs import TextTooLong, TtsRequest, UnknownJob
+from workers.tts import catalog
 from workers.tts.cache import TtsCache
 from workers.tts.jobs import Plan, finish_from_cache, plan
 
@@ -198,6 +199,14 @@ async def submit_batch(request: Request, state: State, principal: Writer) -> JSO
     return JSONResponse({"batch_id": batch_id, "job_ids": [a["job_id"] for a in answers],
                          "jobs": answers, "status_url": url, "zip_url": f"{url}/zip"},
                         status_code=202, headers={"Location": url})
+
+
+@router.get("/tts/vendors", summary="Speech vendors, their voices and controls")
+async def vendors(state: State, principal: Reader) -> dict[str, Any]:
+    """Every registered vendor with its voices, output rates and the controls (speed, volume,
+    pitch) it accepts with their ranges; ``default`` is VOXQ_TTS_DEFAULT_VENDOR. A vendor whose
+    configuration cannot be loaded is listed with ``error`` instead of voices."""
+    return catalog.vendors(state.settings)
 
 
 def _not_found(e: UnknownJob) -> HTTPException:

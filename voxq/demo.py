@@ -23,11 +23,13 @@ import sys
 import tempfile
 import threading
 import time
+import webbrowser
 from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from rich.console import Console
@@ -168,6 +170,17 @@ def _read_events(api: str, sid: str, headers: dict[str, str],
         out.put(("error", e))
 
 
+def console_url(api: str, sid: str) -> str:
+    """The web console's page of one call (served by `voxq api` at /)."""
+    return f"{api}/#/call/{quote(sid, safe='')}"
+
+
+def open_browser(url: str) -> None:
+    """Open ``url`` in the desktop's browser; say so (and go on) when there is none."""
+    if not webbrowser.open(url, new=2):
+        print(f"voxq demo: no browser to open; visit {url}", file=sys.stderr)
+
+
 def _stamp(seconds: float) -> str:
     m, s = divmod(max(0.0, seconds), 60)
     return f"{int(m):02d}:{s:04.1f}"
@@ -233,6 +246,10 @@ def _run(args: argparse.Namespace, settings: Settings, path: Path, console: Cons
                           "(removed unless the run fails)")
             _wait_ready(api, children)
             sid = f"demo-{int(time.time())}-{os.getpid()}"
+            page = console_url(api, sid)
+            console.print(f"web console: {page}")
+            if args.open:
+                open_browser(page)
             produce = ["produce", str(path), "--session", sid, "--no-progress",
                        "--fast" if args.fast else "--realtime"]
             if args.downmix:
@@ -245,6 +262,7 @@ def _run(args: argparse.Namespace, settings: Settings, path: Path, console: Cons
             console.print(f"\nsession {sid}: [bold]{status}[/]")
             console.print(f"transcript: {api}/v1/sessions/{sid}/transcript?format=txt")
             console.print(f"API docs:   {api}/docs")
+            console.print(f"console:    {console_url(api, sid)}")
             if args.keep_running:
                 console.print("serving; Ctrl-C to stop")
                 while True:
@@ -312,6 +330,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-running", action="store_true", help="keep serving after the file")
     p.add_argument("--fast", action="store_true", help="publish as fast as possible")
     p.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
+    p.add_argument("--open", action="store_true",
+                   help="open the web console on the call in a browser")
     p.add_argument("--downmix", action="store_true",
                    help="mix a file with more than two channels into one")
     p.set_defaults(func=run)
