@@ -144,6 +144,18 @@ def api_process(port: int) -> Iterator[subprocess.Popen[bytes]]:
         log.close()
 
 
+def check_console(port: int) -> None:
+    """The web console's files are in the installed package and served with their CSP."""
+    import urllib.request
+
+    for path, marker in (("/", b"<html"), ("/ui/console.js", b"function"), ("/ui/console.css", b"{")):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+            body = resp.read()
+            check(resp.status == 200 and marker in body and "default-src 'none'" in resp.headers.get(
+                "content-security-policy", ""), f"GET {path}: {resp.status}, {len(body)} bytes")
+    say("web console: page, script and style served from the installed package, with their CSP")
+
+
 def check_healthcheck() -> None:
     from voxq.embedded_redis import free_port
 
@@ -160,6 +172,7 @@ def check_healthcheck() -> None:
                 break
             check(time.monotonic() < deadline, f"voxq-healthcheck never passed: {probe.stderr.strip()}")
             time.sleep(1)
+        check_console(port)
     say(f"voxq-healthcheck: fails with no voxq process, passes against a running API on :{port}")
 
 
