@@ -35,6 +35,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
@@ -88,6 +89,19 @@ class SessionLimits:
         """When to roll even mid-utterance: 3 min (or 5 %) before the limit."""
         life = self.life
         return None if life is None else max(life * 0.95, life - 180.0)
+
+
+def where_of(url: str) -> str:
+    """The URL as messages may show it: scheme, host, port and path, never user info or the
+    query (where tokens, keys and signatures travel)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    try:
+        port = "" if parts.port is None else f":{parts.port}"
+    except ValueError:  # not a number: the URL is refused elsewhere, with this text
+        port = ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,7 @@ from workers.vendors.base import (
     VendorRejected,
     VendorRetryable,
 )
-from workers.vendors.ws_stt import Endpoint, Frame, Link, SessionLimits, WebSocketRecognizer
+from workers.vendors.ws_stt import Endpoint, Frame, Link, SessionLimits, WebSocketRecognizer, where_of
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class AssemblyAIBase(WebSocketRecognizer):
         connection when minting)."""
         s = AssemblyAISettings.of(self.settings)
         parts = urlsplit(self.base_url())
-        where = f"{parts.scheme}://{parts.hostname}{parts.path}"
+        where = where_of(self.base_url())
         if parts.scheme not in ("ws", "wss"):
             raise VendorRejected(f"invalid AssemblyAI URL {where!r}: needs ws:// or wss://",
                                  vendor=self.name)

@@ -51,7 +51,7 @@ from workers.vendors.base import (
     VendorRejected,
     VendorRetryable,
 )
-from workers.vendors.ws_stt import Endpoint, Frame, Link, SessionLimits, WebSocketRecognizer
+from workers.vendors.ws_stt import Endpoint, Frame, Link, SessionLimits, WebSocketRecognizer, where_of
 
 __all__ = ["AwsTranscribeRecognizer"]
 
@@ -144,7 +144,7 @@ class AwsTranscribeRecognizer(WebSocketRecognizer):
                 path=path)
         except SigV4Error as e:  # its messages never carry a secret
             raise VendorAuthError(f"cannot sign the request: {e}", vendor=self.name) from None
-        return Endpoint(url=url, where=host)
+        return Endpoint(url=url, where=where_of(url))
 
     async def greet(self, link: Link) -> None:
         """No first message; each stream gets its own event-stream decoder."""

@@ -45,7 +45,7 @@ from workers.vendors.dashscope import protocol
 from workers.vendors.dashscope.protocol import DashScopeOptions
 from workers.vendors.dashscope.settings import DashScopeSettings
 from workers.vendors.redaction import vendor_text
-from workers.vendors.ws_stt import Endpoint, Frame, Link, SessionLimits, WebSocketRecognizer
+from workers.vendors.ws_stt import Endpoint, Frame, Link, SessionLimits, WebSocketRecognizer, where_of
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class DashScopeRecognizer(WebSocketRecognizer):
         conf = DashScopeSettings.of(self.settings)
         headers, self._secrets = conf.headers()
         url = conf.url
-        return Endpoint(url=url, where=url, headers=headers)
+        return Endpoint(url=url, where=where_of(url), headers=headers)
 
     def _parse(self, raw: str | bytes) -> protocol.Event:
         """One server message as an event; garbage is a retryable protocol failure."""

@@ -30,7 +30,7 @@ from workers.vendors.base import (
 )
 from workers.vendors.deepgram import protocol as dg
 from workers.vendors.deepgram.settings import DeepgramSettings
-from workers.vendors.ws_stt import Endpoint, Frame, Link, SessionLimits, WebSocketRecognizer
+from workers.vendors.ws_stt import Endpoint, Frame, Link, SessionLimits, WebSocketRecognizer, where_of
 
 __all__ = ["DeepgramRecognizer"]
 
@@ -84,7 +84,7 @@ class DeepgramRecognizer(WebSocketRecognizer):
         auth, self._secrets = conf.authorization()
         base = conf.url
         parts = urlsplit(base)
-        where = f"{parts.scheme}://{parts.hostname}{parts.path}"
+        where = where_of(base)
         if parts.scheme not in ("ws", "wss"):
             raise VendorRejected(f"invalid Deepgram URL {where!r}: needs ws:// or wss://",
                                  vendor=self.name)

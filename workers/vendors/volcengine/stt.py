@@ -41,7 +41,7 @@ from workers.vendors.redaction import vendor_text
 from workers.vendors.volcengine import frames, sauc
 from workers.vendors.volcengine.sauc import VolcengineOptions
 from workers.vendors.volcengine.settings import VolcengineSettings
-from workers.vendors.ws_stt import Endpoint, Frame, Link, SessionLimits, WebSocketRecognizer
+from workers.vendors.ws_stt import Endpoint, Frame, Link, SessionLimits, WebSocketRecognizer, where_of
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class VolcengineRecognizer(WebSocketRecognizer):
         options = self.config.options
         assert isinstance(options, VolcengineOptions)
         url = sauc.endpoint(conf.asr_url, options.mode)
-        return Endpoint(url=url, where=url, headers=headers)
+        return Endpoint(url=url, where=where_of(url), headers=headers)
 
     def _decode(self, raw: str | bytes) -> frames.Frame:
         """One server message as a frame; garbage is a retryable protocol failure."""

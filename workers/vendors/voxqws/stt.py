@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import ClassVar
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from websockets.protocol import State
 
@@ -19,7 +19,7 @@ from workers.vendors.base import (
 )
 from workers.vendors.voxqws import protocol
 from workers.vendors.voxqws.settings import VoxqWsSettings
-from workers.vendors.ws_stt import Endpoint, Frame, Link, WebSocketRecognizer
+from workers.vendors.ws_stt import Endpoint, Frame, Link, WebSocketRecognizer, where_of
 
 KEEPALIVE_AFTER_S = 5.0
 _MASKS = protocol.MaskSource()
@@ -51,9 +51,7 @@ class VoxqWsRecognizer(WebSocketRecognizer):
             key = conf.key.get_secret_value()
             self._secrets = (key,)
             headers["Authorization"] = f"Bearer {key}"
-        parts = urlsplit(base)
-        return Endpoint(url=url, where=f"{parts.scheme}://{parts.netloc}{parts.path}",
-                        headers=headers)
+        return Endpoint(url=url, where=where_of(base), headers=headers)
 
     def _error(self, e: protocol.ServerError) -> VendorError:
         cls = VendorRetryable if e.retryable else VendorRejected

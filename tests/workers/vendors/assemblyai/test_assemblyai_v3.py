@@ -358,7 +358,7 @@ async def test_drops_and_refusals(emu: AssemblyAIV3Emulator, fault: Fault,
 
 async def test_unreachable_or_malformed_endpoints(emu: AssemblyAIV3Emulator) -> None:
     closed = emu.configure(Settings(redis_url="redis://unused"), assemblyai_url="ws://127.0.0.1:9/v3/ws")
-    with pytest.raises(VendorRetryable, match=r"cannot connect to ws://127\.0\.0\.1/v3/ws"):
+    with pytest.raises(VendorRetryable, match=r"cannot connect to ws://127\.0\.0\.1:9/v3/ws:"):
         await recognizer(emu, settings=closed).start()
     http = emu.configure(Settings(redis_url="redis://unused"), assemblyai_url="https://x/v3/ws")
     with pytest.raises(VendorRejected, match="needs ws:// or wss://"):
