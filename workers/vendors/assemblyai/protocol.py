@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from voxq.records import Transcript, Word
+from workers.vendors.option_values import split_list
 
 __all__ = [
     "FORCE_ENDPOINT",
@@ -61,13 +62,6 @@ class ProtocolError(ValueError):
 # --- options ------------------------------------------------------------------------------
 
 
-def _split(value: Any) -> Any:
-    """A comma-separated string (as `voxq produce --option` gives) becomes a tuple."""
-    if isinstance(value, str):
-        return tuple(p.strip() for p in value.split(",") if p.strip())
-    return value
-
-
 class AssemblyAIOptions(BaseModel):
     """Per-session v3 query options (§A2 of the notes), validated when the session is created."""
 
@@ -93,7 +87,7 @@ class AssemblyAIOptions(BaseModel):
     @classmethod
     def _terms(cls, value: Any) -> Any:
         """Comma strings become tuples."""
-        return _split(value)
+        return split_list(value)
 
     @field_validator("keyterms_prompt")
     @classmethod

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from workers.vendors.option_values import split_list
+
 __all__ = ["LANGUAGES", "MAX_EVENT_BYTES", "MAX_RATE", "MIN_RATE", "AwsTranscribeOptions"]
 
 #: streaming language codes of the Transcribe model enum the notes verified (§3)
@@ -31,13 +33,6 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_N
 
 
 # --- options --------------------------------------------------------------------------------------
-
-
-def _split_list(value: Any) -> Any:
-    """Accept a comma-separated string (as `voxq produce --option` gives) as well as a list."""
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    return value
 
 
 def _language(code: str) -> str | None:
@@ -74,7 +69,7 @@ class AwsTranscribeOptions(BaseModel):
     @classmethod
     def _lists(cls, value: Any) -> Any:
         """Comma strings become tuples."""
-        return _split_list(value)
+        return split_list(value)
 
     @field_validator("pii_entity_types")
     @classmethod

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from voxq.records import Transcript
 from voxq.records import Word as TranscriptWord
+from workers.vendors.option_values import split_list
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -71,13 +72,6 @@ class ProtocolError(ValueError):
     """A server message that is not a documented DashScope event."""
 
 
-def _split_list(value: Any) -> Any:
-    """Accept ``zh,en`` (as `voxq produce --option` gives it) as well as a list."""
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    return value
-
-
 class DashScopeOptions(BaseModel):
     """Per-session options of the ``dashscope`` recognizer (§2.3), checked at session creation."""
 
@@ -100,7 +94,7 @@ class DashScopeOptions(BaseModel):
     @classmethod
     def _hints(cls, value: Any) -> Any:
         """Comma strings become tuples."""
-        return _split_list(value)
+        return split_list(value)
 
     @model_validator(mode="after")
     def _per_model(self) -> DashScopeOptions:

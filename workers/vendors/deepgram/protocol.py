@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from voxq.records import Transcript, Word
 from workers.vendors.base import VendorAuthError, VendorError, VendorRejected, VendorRetryable
+from workers.vendors.option_values import split_list
 from workers.vendors.redaction import vendor_text
 
 __all__ = [
@@ -55,12 +56,6 @@ class ProtocolError(ValueError):
 
 
 # --- options ----------------------------------------------------------------------------------
-
-
-def _split(value: Any) -> Any:
-    if isinstance(value, str):
-        return tuple(p.strip() for p in value.split(",") if p.strip())
-    return value
 
 
 class DeepgramOptions(BaseModel):
@@ -96,7 +91,7 @@ class DeepgramOptions(BaseModel):
     @classmethod
     def _lists(cls, value: Any) -> Any:
         """Comma strings become tuples."""
-        return _split(value)
+        return split_list(value)
 
     @field_validator("keyterm", "keywords", "search", "replace", "tag")
     @classmethod

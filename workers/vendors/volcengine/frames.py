@@ -78,6 +78,7 @@ __all__ = [
     "frame_length",
     "full_client_request",
     "full_server_response",
+    "refusal_detail",
 ]
 
 PROTOCOL_VERSION = 1
@@ -652,3 +653,19 @@ class Decoder:
     def _refuse(self) -> NoReturn:
         """Raise for input arriving after a defect."""
         raise DecoderFailedError(f"decoder already failed: {self._failure}") from self._failure
+
+
+def refusal_detail(body: bytes) -> tuple[str, int | None]:
+    """The message and code of a refused WebSocket upgrade's body: JSON with ``message`` and
+    ``code`` at the top or under ``header`` (ASR and TTS alike), else the body as text."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return text, None
+    head = doc.get("header", doc) if isinstance(doc, dict) else None
+    if not isinstance(head, dict):
+        return text, None
+    message, code = head.get("message"), head.get("code")
+    return (message if isinstance(message, str) else text,
+            code if isinstance(code, int) else None)

@@ -20,7 +20,6 @@ the websockets library's debug log and from any handshake error body.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -67,16 +66,7 @@ def frame_error(code: int, message: str, secrets: tuple[str, ...] = ()) -> Vendo
 
 def handshake_error(status: int, body: bytes, secrets: tuple[str, ...] = ()) -> VendorError:
     """Map a refused upgrade (HTTP status and body) to a VendorError."""
-    raw = body.decode("utf-8", errors="replace")
-    text, code = raw, None
-    with contextlib.suppress(ValueError):
-        doc = json.loads(raw)
-        head = doc.get("header", doc) if isinstance(doc, dict) else None
-        if isinstance(head, dict):
-            if isinstance(head.get("message"), str):
-                text = head["message"]
-            if isinstance(head.get("code"), int):
-                code = head["code"]
+    text, code = frames.refusal_detail(body)
     detail = _clean(text, secrets)
     message = f"HTTP {status} at the WebSocket handshake" + (f": {detail}" if detail else "")
     if status in (401, 403) or (code is not None and sauc.classify(code) == "auth"):

@@ -107,16 +107,7 @@ def classify_v3(code: int, message: str) -> type[VendorError]:
 
 def handshake_error(vendor: str, status: int, body: bytes, secrets: tuple[str, ...]) -> VendorError:
     """Map a refused upgrade (HTTP status and body) to a VendorError."""
-    raw = body.decode("utf-8", errors="replace")
-    text, code = raw, None
-    with contextlib.suppress(ValueError):
-        doc = json.loads(raw)
-        head = doc.get("header", doc) if isinstance(doc, dict) else None
-        if isinstance(head, dict):
-            if isinstance(head.get("message"), str):
-                text = head["message"]
-            if isinstance(head.get("code"), int):
-                code = head["code"]
+    text, code = frames.refusal_detail(body)
     detail = _clean(text, secrets)
     message = f"HTTP {status} at the WebSocket handshake" + (f": {detail}" if detail else "")
     if status in (401, 403) or code in V3_AUTH:

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from voxq.records import Transcript, Word
+from workers.vendors.option_values import split_list
 
 __all__ = [
     "FORCE_END_UTTERANCE",
@@ -49,12 +50,6 @@ class ProtocolError(ValueError):
     """A server frame that is not valid v2 protocol."""
 
 
-def _split(value: Any) -> Any:
-    if isinstance(value, str):
-        return tuple(p.strip() for p in value.split(",") if p.strip())
-    return value
-
-
 class AssemblyAIV2Options(BaseModel):
     """Per-session v2 options (§B1-B2 of the notes), validated when the session is created."""
 
@@ -69,7 +64,7 @@ class AssemblyAIV2Options(BaseModel):
     @classmethod
     def _terms(cls, value: Any) -> Any:
         """Comma strings become tuples."""
-        return _split(value)
+        return split_list(value)
 
     @field_validator("word_boost")
     @classmethod
