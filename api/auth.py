@@ -14,6 +14,7 @@ Refusals are audited (voxq.audit): 401 without a valid credential, 403 with the 
 from __future__ import annotations
 
 import hmac
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -37,6 +38,9 @@ from voxq.access import (
     bootstrap_id,
     tenant_of,
 )
+from voxq.errors import MalformedRecord
+
+log = logging.getLogger("voxq.api.auth")
 
 ANY = "any"  # Require(ANY): any valid credential, no particular scope
 PUBLIC = "public"
@@ -114,7 +118,11 @@ async def _from_token(state: ApiState, store: KeyStore, token: str, api_key: str
         alive = bool(api_key) and claims.key_id == bootstrap_id(api_key)
         held = frozenset({Scope.ADMIN})
     else:
-        rec = await store.get(claims.key_id)
+        try:
+            rec = await store.get(claims.key_id)
+        except MalformedRecord as e:  # nobody can vouch for its scopes: the token is refused
+            log.warning("token of key %s refused: %s", claims.key_id, e)
+            rec = None
         alive = rec is not None and not rec.expired()
         held = rec.scopes if rec is not None else frozenset()
     if not alive:

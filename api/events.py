@@ -225,7 +225,7 @@ async def firehose(
                 after = eid_raw.decode()
                 try:
                     ev = decode_lifecycle(fields)
-                except (InvalidInput, ValueError):
+                except MalformedRecord:
                     continue
                 if (not wanted or ev.status.value in wanted) and await visible(ev.session_id):
                     d = ev.to_dict()

@@ -26,7 +26,7 @@ from api.hub import REDIS_DOWN, EventHub, Follower, Kind
 from api.render import event_data
 from api.sse import Cursor, stream_id_key
 from voxq import backoff
-from voxq.errors import InvalidInput, RedisUnavailable
+from voxq.errors import MalformedRecord, RedisUnavailable
 from voxq.keys import Keys
 from voxq.lifecycle import decode_status
 from voxq.records import Status
@@ -158,7 +158,7 @@ class SessionFollow:
                 self.cursor = self.cursor.advanced(kind, eid)
                 try:
                     data = event_data(fields)
-                except (InvalidInput, ValueError):
+                except MalformedRecord:
                     continue
                 yield LiveEvent(kind, self.cursor.event_id, data)
             if len(finals) < self.batch and len(partials) < self.batch:
@@ -211,7 +211,7 @@ class SessionFollow:
             for _, fields in await self._range(keys.status(sid), status_pos, hub_status, 100):
                 try:
                     st, err = decode_status(fields)
-                except (InvalidInput, ValueError):
+                except MalformedRecord:
                     continue
                 if st.terminal:
                     terminal = (st, err)

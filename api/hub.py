@@ -46,7 +46,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.render import event_data
 from voxq import backoff
-from voxq.errors import InvalidInput
+from voxq.errors import MalformedRecord
 from voxq.keys import Keys
 from voxq.lifecycle import decode_lifecycle, decode_status, decode_vendor_switch
 from voxq.records import Status
@@ -332,7 +332,7 @@ class EventHub:
                 continue
             try:
                 data = decode_status(fields) if kind is Kind.STATUS else event_data(fields)
-            except (InvalidInput, ValueError) as e:  # a hostile entry never stops the hub
+            except MalformedRecord as e:  # a hostile entry never stops the hub
                 log.warning("hub: malformed %s entry %s of %s: %s", kind.value, eid, ch.sid, e)
                 data = None
                 if kind is Kind.STATUS:
@@ -345,7 +345,7 @@ class EventHub:
             self._life_pos = eid
             try:
                 ev = decode_lifecycle(fields)
-            except (InvalidInput, ValueError) as e:
+            except MalformedRecord as e:
                 log.warning("hub: %s (%s)", e, eid)
                 continue
             vendor = ev.vendor or self._vendors.get(ev.session_id, "")

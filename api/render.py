@@ -12,7 +12,7 @@ from voxq.records import decode_transcript
 
 def event_data(fields: Any) -> str:
     """JSON of one transcript entry: the JSON transcript's segment shape, plus result_id;
-    InvalidInput if the entry is malformed. Accepts a mapping or Redis's flat field list."""
+    MalformedRecord if the entry is malformed. Accepts a mapping or Redis's flat field list."""
     if not hasattr(fields, "items"):
         flat = list(fields)
         fields = {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}

@@ -24,7 +24,7 @@ from voxq.access import (
     scope_names,
     validate_tenant,
 )
-from voxq.errors import InvalidInput
+from voxq.errors import InvalidInput, MalformedRecord
 
 router = APIRouter()
 State = Annotated[ApiState, Depends(api_state)]
@@ -140,11 +140,15 @@ async def create_key(request: Request, state: State, principal: Admin) -> KeyCre
 async def revoke_key(key_id: str, state: State, principal: Admin) -> Response:
     """The key and every token made from it stop working at once."""
     store = KeyStore(redis_of(state), state.keys)
-    rec = await store.get(key_id) if len(key_id) == 12 else None
-    if rec is None or not await store.revoke(key_id):
+    try:
+        rec = await store.get(key_id) if len(key_id) == 12 else None
+        unreadable = False
+    except MalformedRecord:  # a record nobody can read can still be revoked
+        rec, unreadable = None, True
+    if (rec is None and not unreadable) or not await store.revoke(key_id):
         raise HTTPException(404, f"no API key {key_id[:40]!r}")
     await audit.key_admin(redis_of(state), state.keys, "revoked", key_id=key_id,
-                          tenant=rec.tenant, by=principal.key_id)
+                          tenant=rec.tenant if rec is not None else "", by=principal.key_id)
     return Response(status_code=204)
 
 

@@ -300,7 +300,7 @@ class WebhookDispatcher:
         """Deliveries for one lifecycle entry (none unless it is an end event)."""
         try:
             ev = decode_lifecycle(fields)
-        except InvalidInput as e:
+        except MalformedRecord as e:
             log.warning("webhooks: %s", e)
             return 0
         if ev.status not in EVENT_TYPES:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
@@ -24,9 +25,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from voxq.errors import InvalidInput, VoxqError
+from voxq.errors import InvalidInput, MalformedRecord, VoxqError
 from voxq.keys import Keys
 from voxq.records import TENANT_RE
+
+log = logging.getLogger("voxq.access")
 
 DEFAULT_TENANT = "default"
 KEY_ID_RE = re.compile(r"[0-9a-f]{12}")
@@ -163,7 +166,7 @@ class KeyRecord:
 
     @classmethod
     def from_hash(cls, key_id: str, h: Mapping[Any, Any]) -> KeyRecord:
-        """Parse HGETALL; InvalidInput if malformed."""
+        """Parse HGETALL; MalformedRecord if malformed."""
         d = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes)
                                                            else v) for k, v in h.items()}
         try:
@@ -174,7 +177,7 @@ class KeyRecord:
                        last_used=float(d["last_used"]) if d.get("last_used") else None,
                        digest=d.get("hash", ""))
         except (KeyError, ValueError) as e:
-            raise InvalidInput(f"key record {key_id} is malformed: {e}") from None
+            raise MalformedRecord(f"key record {key_id} is malformed: {e}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +298,8 @@ class KeyStore:
             return None
         try:
             rec = await self.get(m.group(1))
-        except InvalidInput:
+        except MalformedRecord as e:
+            log.warning("%s; it authenticates nobody until it is revoked", e)
             return None
         if rec is None or not hmac.compare_digest(rec.digest, key_hash(rec.key_id, secret)):
             return None
@@ -321,7 +325,8 @@ class KeyStore:
         for key_id in ids:
             try:
                 rec = await self.get(key_id)
-            except InvalidInput:
+            except MalformedRecord as e:
+                log.warning("%s; not listed (revoke it to remove it)", e)
                 continue
             if rec is None:
                 await self.r.srem(self.ids, key_id)

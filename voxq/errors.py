@@ -6,11 +6,11 @@ The tree (core classes here; the worker's vendor errors and a few local ones han
     ├── InvalidInput (ValueError)        the caller's mistake: a 4xx, a CLI message, nothing changed
     │   ├── InvalidSessionId
     │   ├── InvalidAudio
-    │   ├── VendorOptionError            workers.vendors.base: an option the vendor refuses
-    │   │                                (UnknownVendor in workers.vendors.registry likewise)
-    │   └── MalformedRecord              a record stored in Redis that cannot be decoded: a
+    │   └── VendorOptionError            workers.vendors.base: an option the vendor refuses
+    │                                    (UnknownVendor in workers.vendors.registry likewise)
+    ├── MalformedRecord (ValueError)     a record stored in Redis that cannot be decoded: a
     │                                    faulty or hostile writer's, never this caller's (the API
-    │                                    answers it apart, as stored data)
+    │                                    answers 409 with the reason; a worker fails the session)
     ├── ConfigError                      the process's own configuration
     ├── UnknownSession (LookupError)     404
     ├── SessionExists                    409
@@ -22,8 +22,10 @@ The tree (core classes here; the worker's vendor errors and a few local ones han
         └── VendorRejected               the vendor refused the request: failover at once
             └── VendorAuthError          credentials missing, wrong or expired
 
-MalformedRecord still derives from InvalidInput, so every path that refuses bad input refuses
-a bad record too; code that must tell them apart catches MalformedRecord first.
+InvalidInput and MalformedRecord are siblings on purpose: one is the caller's mistake (4xx,
+nothing changed), the other is data already stored that nobody can use. A path that reads
+stored records catches MalformedRecord by name; a decoder that validates a stored record with
+the same rules as a new one (SessionMeta.from_hash) turns the InvalidInput into MalformedRecord.
 """
 
 from __future__ import annotations
@@ -45,11 +47,10 @@ class InvalidAudio(InvalidInput):
     """Audio that cannot be read or does not match its declared format."""
 
 
-class MalformedRecord(InvalidInput):
-    """A record stored in Redis (session meta, transcript entry, audio chunk) that cannot be
-    decoded: written by a faulty or hostile producer, not by the client of the current request.
-    A subclass of InvalidInput so code that refuses bad input refuses it too, but named apart
-    so that the API answers it as a stored-data problem, never as the caller's mistake."""
+class MalformedRecord(VoxqError, ValueError):
+    """A record stored in Redis (session meta, transcript, status or lifecycle entry, audio
+    chunk, key record) that cannot be decoded: written by a faulty or hostile writer, never by
+    the client of the current request, so it is never answered as the caller's mistake."""
 
 
 class ConfigError(VoxqError):

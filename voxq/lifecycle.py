@@ -15,7 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from voxq.errors import InvalidInput
+from voxq.errors import InvalidInput, MalformedRecord
 from voxq.keys import Keys, validate_session_id
 from voxq.records import Status
 
@@ -54,7 +54,7 @@ def lifecycle_xadd(keys: Keys, sid: str, status: Status, error: str = "",
 
 
 def decode_lifecycle(fields: Any) -> LifecycleEvent:
-    """A lifecycle entry's fields (flat list or mapping); InvalidInput if malformed."""
+    """A lifecycle entry's fields (flat list or mapping); MalformedRecord if malformed."""
     if isinstance(fields, Mapping):
         d = {_s(k): _s(v) for k, v in fields.items()}
     else:
@@ -65,11 +65,11 @@ def decode_lifecycle(fields: Any) -> LifecycleEvent:
                               status=Status(d.get("status", "")), error=d.get("error", ""),
                               vendor=d.get("vendor", ""), time=float(d.get("time") or 0.0))
     except (ValueError, InvalidInput) as e:
-        raise InvalidInput(f"malformed lifecycle entry: {e}") from None
+        raise MalformedRecord(f"malformed lifecycle entry: {e}") from None
 
 
 def decode_status(fields: Any) -> tuple[Status, str]:
-    """A status stream entry's (status, error); InvalidInput if malformed."""
+    """A status stream entry's (status, error); MalformedRecord if malformed."""
     if isinstance(fields, Mapping):
         d = {_s(k): _s(v) for k, v in fields.items()}
     else:
@@ -78,7 +78,7 @@ def decode_status(fields: Any) -> tuple[Status, str]:
     try:
         return Status(d.get("status", "")), d.get("error", "")
     except ValueError:
-        raise InvalidInput(f"malformed status entry {d!r:.80}") from None
+        raise MalformedRecord(f"malformed status entry {d!r:.80}") from None
 
 
 def decode_vendor_switch(fields: Any) -> dict[str, str] | None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from voxq.errors import InvalidInput
+from voxq.errors import MalformedRecord
 from voxq.keys import TRANSCRIBERS_GROUP, Keys
 from voxq.lifecycle import STATUS_MAXLEN, lifecycle_xadd
 from voxq.records import CHECKPOINT_RE, Status
@@ -157,19 +157,19 @@ def _s(v: object) -> str:
 
 
 def checkpoint_from_meta(h: Mapping[bytes, bytes], channels: int) -> Checkpoint:
-    """Read the checkpoint fields out of a meta hash (zeros for a new session); InvalidInput
+    """Read the checkpoint fields out of a meta hash (zeros for a new session); MalformedRecord
     if they are malformed."""
     d = {_s(k): _s(v) for k, v in h.items()}
     entry_id = d.get("checkpoint", "0-0") or "0-0"
     if CHECKPOINT_RE.fullmatch(entry_id) is None:
-        raise InvalidInput(f"checkpoint {entry_id[:40]!r} is not a stream entry id")
+        raise MalformedRecord(f"checkpoint {entry_id[:40]!r} is not a stream entry id")
 
     def whole(name: str, default: str) -> int:
         raw = d.get(name, default) or default
         try:
             return int(raw)
         except ValueError:
-            raise InvalidInput(f"{name} {raw[:40]!r} is not an integer") from None
+            raise MalformedRecord(f"{name} {raw[:40]!r} is not an integer") from None
 
     return Checkpoint(
         entry_id=entry_id,

@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from voxq import backoff, metrics
 from voxq.aio import cancel_and_wait
 from voxq.audio import Converter, decode_raw
-from voxq.errors import InvalidInput
+from voxq.errors import InvalidInput, MalformedRecord
 from voxq.keys import Keys
 from voxq.records import SessionMeta, Status, Transcript, decode_chunk, encode_transcript
 from voxq.redaction import redact
@@ -174,7 +174,7 @@ class SessionRunner:
                     return None
                 status, error = Status.FAILED, str(e)
                 break
-            except InvalidInput as e:
+            except (InvalidInput, MalformedRecord) as e:  # options the vendor refuses, a bad record
                 status, error = Status.FAILED, str(e)
                 break
         try:
@@ -410,7 +410,7 @@ class SessionRunner:
         else:
             try:
                 chunk = decode_chunk(dict(zip(fields[::2], fields[1::2], strict=False)))
-            except InvalidInput as e:
+            except MalformedRecord as e:
                 self._bad_chunk(eid, str(e))
                 return None
             if chunk.eos:

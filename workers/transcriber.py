@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from voxq import backoff, redaction
-from voxq.errors import InvalidInput
+from voxq.errors import InvalidInput, MalformedRecord
 from voxq.keys import TRANSCRIBERS_GROUP, Keys
 from voxq.records import SessionMeta, Status
 from voxq.redis_conn import connect
@@ -270,7 +270,7 @@ class Transcriber:
         h: Any = await self._r.hgetall(self.keys.meta(sid))
         try:
             meta, checkpoint = await self._read_record(sid, h)
-        except InvalidInput as e:
+        except MalformedRecord as e:
             # A record no worker can drive: failed with the reason, kept for the retention
             # period like any other, and its control entry acknowledged (never taken over).
             log.warning("session %s: malformed record: %s", sid, e)
@@ -292,17 +292,17 @@ class Transcriber:
         task.add_done_callback(functools.partial(self._done, sid))
 
     async def _read_record(self, sid: str, h: Any) -> tuple[SessionMeta, Checkpoint]:
-        """The session's meta and checkpoint, checked against its key; InvalidInput for a
+        """The session's meta and checkpoint, checked against its key; MalformedRecord for a
         record that names another session or whose audio key is not a stream (one such key
         in the reader's multi-stream XREAD would fail the read of every session)."""
         assert self._r is not None
         meta = SessionMeta.from_hash(h)
         if meta.session_id != sid:
-            raise InvalidInput(f"its meta names session {meta.session_id!r}, not {sid!r}")
+            raise MalformedRecord(f"its meta names session {meta.session_id!r}, not {sid!r}")
         checkpoint = checkpoint_from_meta(h, meta.channels)
         kind = _s(await self._r.type(self.keys.audio(sid)))
         if kind not in ("stream", "none"):
-            raise InvalidInput(f"its audio key holds a {kind}, not a stream")
+            raise MalformedRecord(f"its audio key holds a {kind}, not a stream")
         return meta, checkpoint
 
     def _done(self, sid: str, task: asyncio.Task[object]) -> None:

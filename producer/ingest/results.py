@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from producer.ingest.core import Gateway
+from voxq.errors import MalformedRecord
 from voxq.records import SessionMeta, Transcript, decode_transcript
 from voxq.redis_conn import connect
+
+log = logging.getLogger("voxq.ingest")
 
 
 def result_message(t: Transcript) -> str:
@@ -21,6 +25,16 @@ def result_message(t: Transcript) -> str:
     if t.words:
         d["words"] = [{"text": w.text, "start": w.start, "end": w.end} for w in t.words]
     return json.dumps(d, separators=(",", ":"))
+
+
+def entry_message(sid: str, eid: Any, fields: Any) -> str | None:
+    """The message of one stored transcript entry; None (with a warning naming the entry) for
+    one nobody can decode, which the API counts as unreadable too."""
+    try:
+        return result_message(decode_transcript(fields))
+    except MalformedRecord as e:
+        log.warning("session %s: transcript entry %r skipped: %s", sid, eid, e)
+        return None
 
 
 def end_message(meta: SessionMeta) -> str:
@@ -42,7 +56,8 @@ async def follow(gw: Gateway, sid: str, send: Callable[[str], Awaitable[None]],
                 k = key.decode() if isinstance(key, bytes) else key
                 for eid, fields in entries:
                     last[k] = eid.decode() if isinstance(eid, bytes) else eid
-                    await send(result_message(decode_transcript(fields)))
+                    if (message := entry_message(sid, last[k], fields)) is not None:
+                        await send(message)
             if got:
                 continue
             h = await r.hgetall(mkey)
@@ -51,8 +66,9 @@ async def follow(gw: Gateway, sid: str, send: Callable[[str], Awaitable[None]],
             meta = SessionMeta.from_hash(h)
             if meta.status.terminal:
                 tail: Any = await r.xrange(fkey, min="(" + last[fkey], max="+")
-                for _, fields in tail:
-                    await send(result_message(decode_transcript(fields)))
+                for eid, fields in tail:
+                    if (message := entry_message(sid, eid, fields)) is not None:
+                        await send(message)
                 await send(end_message(meta))
                 return
     finally:

@@ -333,6 +333,26 @@ async def test_revoking_the_key_ends_its_tokens(world: World) -> None:
     assert (await _token(world.client, bearer)).status_code == 401
 
 
+
+async def test_a_key_record_nobody_can_read_refuses_its_tokens_and_can_be_revoked(
+        world: World) -> None:
+    """A stored key record that cannot be decoded: its tokens get 401 (not a 4xx blaming the
+    caller's input, not a 5xx), the listing skips it, and an admin can still revoke it."""
+    store = KeyStore(world.r, world.keys)
+    rec, secret = await store.create("b", {Scope.SESSIONS_READ})
+    tok = (await _token(world.client, {"Authorization": f"Bearer {secret}"})).json()["token"]
+    await world.r.hset(store.record_key(rec.key_id), "scopes", "not-a-scope")
+    assert (await world.client.get("/v1/sessions", headers={"Authorization": f"Bearer {tok}"})
+            ).status_code == 401
+    assert (await world.client.get("/v1/sessions", headers={"Authorization": f"Bearer {secret}"})
+            ).status_code == 401
+    admin = world.auth("boot")
+    listed = (await world.client.get("/v1/keys", headers=admin)).json()
+    assert rec.key_id not in json.dumps(listed)
+    gone = await world.client.delete(f"/v1/keys/{rec.key_id}", headers=admin)
+    assert gone.status_code == 204, gone.text
+    assert not await world.r.exists(store.record_key(rec.key_id))
+
 def _denied(reason: str) -> float:
     return REGISTRY.get_sample_value("voxq_auth_denied_total", {"reason": reason}) or 0.0
 

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from tests.support import run_voxq
 from voxq import tokens
 from voxq.access import KeyStore, Scope, key_hash, parse_expiry, parse_scopes
-from voxq.errors import InvalidInput
+from voxq.errors import InvalidInput, MalformedRecord
 from voxq.keys import Keys
 
 
@@ -118,3 +118,17 @@ def test_keys_and_tokens_are_redacted_from_logs() -> None:
     out = redact(f"refused {secret} then {token}.")
     assert "Zq3" not in out and "c2lnbmF0dXJl" not in out and "eyJr" not in out
     assert "vxk_0123456789ab_" in out  # the id stays, for the reader of the log
+
+
+async def test_a_malformed_key_record_authenticates_nobody(r: aioredis.Redis, keys: Keys) -> None:
+    """A key record that cannot be read (a faulty writer's) never authenticates and never stops
+    the listing of the others; it is a stored-data problem, not the caller's InvalidInput."""
+    store = KeyStore(r, keys)
+    bad, bad_secret = await store.create("acme", {Scope.SESSIONS_READ}, "bad", None)
+    good, _ = await store.create("acme", {Scope.SESSIONS_READ}, "good", None)
+    await r.hset(store.record_key(bad.key_id), "scopes", "everything:all")
+    with pytest.raises(MalformedRecord, match=bad.key_id):
+        await store.get(bad.key_id)
+    assert await store.verify(bad_secret) is None
+    assert [k.key_id for k in await store.all()] == [good.key_id]
+    assert await store.revoke(bad.key_id) and await store.all() == [good]

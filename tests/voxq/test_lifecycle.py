@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voxq.errors import InvalidInput
+from voxq.errors import InvalidInput, MalformedRecord
 from voxq.keys import Keys
 from voxq.lifecycle import decode_lifecycle, decode_status, lifecycle_xadd
 from voxq.records import SessionMeta, Status
@@ -24,17 +24,17 @@ def test_an_event_round_trips_through_its_xadd_fields() -> None:
 @pytest.mark.parametrize("fields", [{}, {"sid": "a{b}", "status": "finished"},
                                     {"sid": "a", "status": "done"},
                                     {"sid": "a", "status": "finished", "time": "soon"}])
-def test_malformed_events_are_invalid_input(fields: dict[str, str]) -> None:
-    with pytest.raises(InvalidInput):
+def test_malformed_events_are_malformed_records(fields: dict[str, str]) -> None:
+    with pytest.raises(MalformedRecord):
         decode_lifecycle(fields)
 
 
 @given(st.dictionaries(st.binary(max_size=8), st.binary(max_size=16), max_size=6))
-def test_decoders_raise_only_invalid_input(fields: dict[bytes, bytes]) -> None:
+def test_decoders_raise_only_malformed_record(fields: dict[bytes, bytes]) -> None:
     for decode in (decode_lifecycle, decode_status):
         try:
             decode(fields)
-        except InvalidInput:
+        except MalformedRecord:
             pass
 
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voxq.errors import InvalidInput
+from voxq.errors import InvalidInput, MalformedRecord
 from voxq.records import (
     Chunk,
     SessionMeta,
@@ -39,11 +39,11 @@ def test_meta_refuses_bad_format(kw: dict) -> None:  # type: ignore[type-arg]
 
 
 def test_meta_from_malformed_hash() -> None:
-    with pytest.raises(InvalidInput):
+    with pytest.raises(MalformedRecord):
         SessionMeta.from_hash({b"id": b"x", b"rate": b"fast"})
-    with pytest.raises(InvalidInput):
+    with pytest.raises(MalformedRecord):
         SessionMeta.from_hash({})
-    with pytest.raises(InvalidInput):
+    with pytest.raises(MalformedRecord):
         SessionMeta.from_hash({b"rate": b"16000"})
 
 
@@ -51,10 +51,10 @@ def test_meta_from_malformed_hash() -> None:
                                         "options", "epoch", "checkpoint", "finals",
                                         "bad_chunks", "vendor", "language"]),
                        st.binary(max_size=20)))
-def test_garbage_meta_raises_only_invalid_input(fields: dict) -> None:  # type: ignore[type-arg]
+def test_garbage_meta_raises_only_malformed_record(fields: dict) -> None:  # type: ignore[type-arg]
     try:
         SessionMeta.from_hash({k.encode(): v for k, v in fields.items()})
-    except InvalidInput:
+    except MalformedRecord:
         pass
 
 
@@ -65,7 +65,7 @@ def test_garbage_meta_raises_only_invalid_input(fields: dict) -> None:  # type: 
 def test_malformed_meta_field_is_named(field: str, value: bytes, said: str) -> None:
     h = _as_redis(SessionMeta(session_id="m").to_hash())
     h[field.encode()] = value
-    with pytest.raises(InvalidInput, match=said):
+    with pytest.raises(MalformedRecord, match=said):
         SessionMeta.from_hash(h)
 
 
@@ -81,7 +81,7 @@ def test_chunk_and_eos() -> None:
     assert decode_chunk(_as_redis(encode_chunk(7, b"\x01\x02"))) == Chunk(7, b"\x01\x02")
     assert decode_chunk(_as_redis(encode_eos(9))) == Chunk(9, eos=True)
     for bad in ({b"seq": b"x", b"pcm": b""}, {b"pcm": b"\0\0"}, {b"seq": b"1"}):
-        with pytest.raises(InvalidInput):
+        with pytest.raises(MalformedRecord):
             decode_chunk(bad)
 
 
@@ -105,10 +105,10 @@ def test_transcript_round_trip(t: Transcript) -> None:
 
 @given(st.dictionaries(st.sampled_from(["text", "start", "end", "ch", "final", "words", "seq"]),
                        st.binary(max_size=20)))
-def test_garbage_transcript_entries_raise_only_invalid_input(fields: dict) -> None:  # type: ignore[type-arg]
+def test_garbage_transcript_entries_raise_only_malformed_record(fields: dict) -> None:  # type: ignore[type-arg]
     try:
         decode_transcript({k.encode(): v for k, v in fields.items()})
-    except InvalidInput:
+    except MalformedRecord:
         pass
 
 
@@ -125,3 +125,13 @@ def test_webhook_finals_round_trip_and_need_a_webhook() -> None:
     assert "webhook_finals" not in SessionMeta(session_id="w2").to_hash()
     with pytest.raises(InvalidInput, match="webhook finals need a webhook URL"):
         SessionMeta(session_id="w3", webhook_finals=True)
+
+
+def test_a_stored_record_is_never_the_callers_mistake() -> None:
+    """MalformedRecord and InvalidInput are siblings: code that answers a caller's mistake
+    (4xx) never catches a stored record nobody can read, and the reverse."""
+    assert not issubclass(MalformedRecord, InvalidInput)
+    assert not issubclass(InvalidInput, MalformedRecord)
+    with pytest.raises(MalformedRecord) as e:
+        SessionMeta.from_hash({b"id": b"m", b"channels": b"7"})
+    assert not isinstance(e.value, InvalidInput) and "channels" in str(e.value)

@@ -143,6 +143,30 @@ async def test_results_come_back_on_the_socket(gateway: Running, wm_worker: Wate
     assert finals == expected_words(30)
 
 
+async def test_an_unreadable_stored_result_is_skipped_not_fatal(
+        gateway: Running, wm_worker: WatermarkEmulator, r: aioredis.Redis, keys: Keys) -> None:
+    """A transcript entry nobody can decode (a hostile writer's) is skipped with a warning; the
+    socket still gets every real final and the end frame."""
+    pcm = watermark_pcm(30)
+    url = gateway.url("raw", f"key={KEY}&session=res-bad&format=s16&vendor=voxq-ws&results=1")
+    finals: list[str] = []
+    async with connect(url) as ws:
+        await ws.send(pcm[:3200])
+        assert json.loads(await ws.recv())["event"] == "ready"
+        await r.xadd(keys.final("res-bad"), {"text": "forged", "start": "soon", "end": "x"})
+        for i in range(3200, len(pcm), 3200):
+            await ws.send(pcm[i:i + 3200])
+        await ws.send("Done")
+        async with asyncio.timeout(60):
+            async for raw in ws:
+                d = json.loads(raw)
+                if d["event"] == "final":
+                    finals += d["text"].split()
+                elif d["event"] == "end":
+                    break
+    assert finals == expected_words(30)
+
+
 # --- resume -----------------------------------------------------------------------------------
 
 async def test_resume_after_a_dropped_connection(gateway: Running, r: aioredis.Redis,
