@@ -34,7 +34,7 @@ from voxq.redaction import redact
 from voxq.settings import Settings
 from workers import session_rules as rules
 from workers.audio_reader import AudioReader, Oversized, Subscription
-from workers.breaker import Admission, Breaker
+from workers.breaker import Admission, Breaker, is_outage
 from workers.ownership import Checkpoint, Fenced, Ownership, checkpoint_from_meta
 from workers.vendors.base import Recognizer, VendorError, VendorRetryable, error_kind
 from workers.vendors.registry import create_recognizer
@@ -154,7 +154,7 @@ class SessionRunner:
                 now = time.monotonic()
                 if self._failing_since is None:
                     self._failing_since = now
-                tripped = await self._count_failure()
+                tripped = await self._count_failure() if is_outage(e) else False
                 try:
                     if self._next_vendor() is not None and (
                             tripped or not e.retryable
