@@ -24,9 +24,10 @@ from api.auth import ANY, PUBLIC, Require, auth_on, authorize, required_scope
 from api.json_body import JsonLimits
 from api.routes_tts import TtsBatchRequest, batch_limits, single_limits
 from api.sse import EVENT_ID_RE
+from voxq import tts_offers
 from voxq.keys import SESSION_ID_RE
 from voxq.settings import Settings
-from workers.tts import jobs
+from voxq.tts_jobs import TtsRequest
 
 REF = "#/components/schemas/{model}"
 ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
@@ -75,35 +76,21 @@ def _errors_of(path: str, method: str) -> set[str]:
     return out
 
 
-def _refuses(synth: Any, **changes: Any) -> bool:
-    """Whether the vendor's own request check refuses a request with ``changes``."""
-    check = getattr(synth, "check_request", None)
-    if not callable(check):
-        return False
-    probe = jobs.SynthesisRequest(**{"text": "probe", "voice": synth.voices()[0], "speed": 1.0,
-                                "volume": 1.0, "pitch": 1.0, "sample_rate": 16000,
-                                "format": "mp3", **changes})
-    try:
-        check(probe)
-    except ValueError:  # InvalidInput
-        return True
-    return False
-
-
 def vendor_branch(name: str | None, settings: Settings) -> dict[str, Any]:
     """What one vendor accepts (``None``: the request names no vendor, the default applies)."""
-    synth = jobs.make_synthesizer(name or settings.tts_default_vendor, settings)
+    offer = tts_offers.offer_of(name or settings.tts_default_vendor, settings)
     props: dict[str, Any] = {
         # "" and null both mean the vendor's default voice
-        "voice": {"anyOf": [{"type": "string", "enum": ["", *synth.voices()]}, {"type": "null"}]},
-        "sample_rate": {"type": "integer", "enum": list(jobs.sample_rates_of(synth))},
+        "voice": {"anyOf": [{"type": "string", "enum": ["", *offer.voices]}, {"type": "null"}]},
+        "sample_rate": {"type": "integer", "enum": list(offer.sample_rates)},
     }
-    if _refuses(synth, pitch=1.5) or _refuses(synth, pitch=0.75):
-        props["pitch"] = {"type": "number", "enum": [1.0]}
-    for low in (0.1, 0.25, 0.49):
-        if _refuses(synth, volume=low):
-            props["volume"] = {"type": "number", "minimum": 0.5, "maximum": 2.0}
-            break
+    controls = offer.controls
+    for control in tts_offers.CONTROLS:  # only what differs from TtsRequest's own bounds
+        if control not in controls:
+            props[control] = {"type": "number", "enum": [1.0]}
+        elif controls[control] != tts_offers.ACCEPTED[control]:
+            props[control] = {"type": "number", "minimum": controls[control].min,
+                              "maximum": controls[control].max}
     if name is None:
         return {"properties": {"vendor": {"type": "null"}, **props}, "title": "default vendor"}
     return {"properties": {"vendor": {"const": name}, **props}, "required": ["vendor"],
@@ -113,19 +100,19 @@ def vendor_branch(name: str | None, settings: Settings) -> dict[str, Any]:
 def tts_request_schema(settings: Settings) -> dict[str, Any]:
     """TtsRequest as the API validates it: non-blank text within the limit, a known vendor,
     and the voices and rates of that vendor."""
-    base = jobs.TtsRequest.model_json_schema(ref_template=REF)
+    base = TtsRequest.model_json_schema(ref_template=REF)
     text = base["properties"]["text"]
     text.update(minLength=1, maxLength=settings.tts_max_text_chars, pattern=NON_BLANK_TEXT)
     text["description"] += (f" Not blank, no NUL; at most VOXQ_TTS_MAX_TEXT_CHARS "
                             f"({settings.tts_max_text_chars}) characters, longer is a 413.")
     base["properties"]["vendor"] = {
-        "anyOf": [{"type": "string", "enum": jobs.known_vendors()}, {"type": "null"}],
+        "anyOf": [{"type": "string", "enum": tts_offers.speech_vendors()}, {"type": "null"}],
         "description": "Speech vendor; default VOXQ_TTS_DEFAULT_VENDOR "
                        f"({settings.tts_default_vendor}).", "default": None}
     base["properties"]["sample_rate"]["description"] += " One the vendor offers (see oneOf)."
     base["properties"]["voice"]["description"] += " One of the vendor's voices (see oneOf)."
     branches = [vendor_branch(None, settings)]
-    branches += [vendor_branch(v, settings) for v in jobs.known_vendors()]
+    branches += [vendor_branch(v, settings) for v in tts_offers.speech_vendors()]
     base["oneOf"] = branches
     return base
 

@@ -32,10 +32,10 @@ from voxq.access import AccessDenied, Denial, Principal, Scope, tenant_of
 from voxq.errors import InvalidInput
 from voxq.redis_conn import connect_sync, rq_url
 from voxq.settings import Settings
-from voxq.tts_jobs import TextTooLong, TtsRequest, UnknownJob
-from workers.tts import catalog
-from workers.tts.cache import TtsCache
-from workers.tts.jobs import Plan, finish_from_cache, plan
+from voxq.tts_cache import TtsCache
+from voxq.tts_jobs import TextTooLong, TtsRequest, UnknownJob, finish_from_cache
+from voxq.tts_offers import catalog
+from voxq.tts_plan import Plan, plan
 
 router = APIRouter()
 State = Annotated[ApiState, Depends(api_state)]
@@ -204,9 +204,9 @@ async def submit_batch(request: Request, state: State, principal: Writer) -> JSO
 @router.get("/tts/vendors", summary="Speech vendors, their voices and controls")
 async def vendors(state: State, principal: Reader) -> dict[str, Any]:
     """Every registered vendor with its voices, output rates and the controls (speed, volume,
-    pitch) it accepts with their ranges; ``default`` is VOXQ_TTS_DEFAULT_VENDOR. A vendor whose
-    configuration cannot be loaded is listed with ``error`` instead of voices."""
-    return catalog.vendors(state.settings)
+    pitch) it accepts with their ranges (its offer, ``voxq.tts_offers``); ``default`` is
+    VOXQ_TTS_DEFAULT_VENDOR."""
+    return catalog(state.settings)
 
 
 def _not_found(e: UnknownJob) -> HTTPException:

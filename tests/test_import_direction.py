@@ -16,13 +16,6 @@ PACKAGES = ("api", "producer")
 
 #: (file, imported module) → why it still crosses (to be moved into the core)
 KNOWN: dict[tuple[str, str], str] = {
-    ("api/routes_tts.py", "workers.tts.cache"): "the TTS content cache lives in workers.tts",
-    ("api/routes_tts.py", "workers.tts.jobs"):
-        "planning a request checks it against the vendor's voices and rates (plan, Plan), and a "
-        "cache hit's duration is read by workers.tts.mp3join (finish_from_cache)",
-    ("api/routes_tts.py", "workers.tts"):
-        "GET /v1/tts/vendors asks each vendor adapter what it accepts (workers.tts.catalog)",
-    ("api/openapi.py", "workers.tts"): "the TTS request schema lists each vendor's voices",
     ("producer/publisher.py", "workers.vendors.registry"):
         "vendor options are validated at the producer by each vendor's own model",
 }

@@ -1,14 +1,15 @@
 """TTS job records in Redis, as the API and the TTS worker share them: the request model, the
-job and batch records (``PREFIX:tts:{ID}``, DESIGN.md), their public status and audio, and
-enqueueing on RQ.
+job and batch records (``PREFIX:tts:{ID}``, DESIGN.md), their updates (finished with audio, also
+from the content cache), their public status and audio, and enqueueing on RQ.
 
 The TTS worker (``workers.tts.jobs``) executes jobs and writes their progress; planning a
-request (which needs each vendor's voices) stays with the vendors. A job's status is a
+request against its vendor's offer is ``voxq.tts_plan``. A job's status is a
 ``voxq.records.JobStatus``, the session ``Status``'s sibling.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -22,8 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from voxq.errors import InvalidInput, VoxqError
 from voxq.keys import Keys
+from voxq.mp3_frames import duration
 from voxq.records import JobStatus as Status
 from voxq.settings import Settings
+from voxq.tts_offers import ACCEPTED
 
 JOB_FUNCTION = "workers.tts.jobs.run_job"
 FAILURE_CALLBACK = "workers.tts.jobs.on_job_failure"
@@ -61,16 +64,19 @@ class TtsRequest(BaseModel):
     text: str = Field(description="Text to speak (plain text).")
     vendor: str | None = Field(default=None, description="Speech vendor; default VOXQ_TTS_DEFAULT_VENDOR.")
     voice: str | None = Field(default=None, description="Vendor voice; default: the vendor's first.")
-    speed: float = Field(default=1.0, ge=0.5, le=2.0, description="Speaking rate, 1.0 = normal.")
-    volume: float = Field(default=1.0, ge=0.1, le=2.0, description="Loudness, 1.0 = normal.")
-    pitch: float = Field(default=1.0, ge=0.5, le=2.0, description="Pitch, 1.0 = normal.")
+    speed: float = Field(default=1.0, ge=ACCEPTED["speed"].min, le=ACCEPTED["speed"].max,
+                         description="Speaking rate, 1.0 = normal.")
+    volume: float = Field(default=1.0, ge=ACCEPTED["volume"].min, le=ACCEPTED["volume"].max,
+                          description="Loudness, 1.0 = normal.")
+    pitch: float = Field(default=1.0, ge=ACCEPTED["pitch"].min, le=ACCEPTED["pitch"].max,
+                         description="Pitch, 1.0 = normal.")
     sample_rate: int = Field(default=24000, description="Output sample rate in Hz.")
     format: Literal["mp3"] = Field(default="mp3", description="Output format.")
     cache: bool = Field(default=True, description="false: synthesise afresh even if cached.")
 
 
 class PlannedJob(Protocol):
-    """A validated request as a record stores it (``workers.tts.jobs.Plan``)."""
+    """A validated request as a record stores it (``voxq.tts_plan.Plan``)."""
 
     @property
     def vendor(self) -> str: ...
@@ -153,6 +159,32 @@ async def create_records(r: aioredis.Redis, keys: Keys, jobs: Sequence[tuple[str
                 "tenant": tenant})
             pipe.expire(keys.tts(batch_id), ttl)
         await pipe.execute()
+
+
+async def update_record(r: aioredis.Redis, key: str, ttl: int,
+                        **fields: str | int | float | bytes) -> None:
+    """HSET + EXPIRE, only while the record exists (an expired job is not resurrected)."""
+    if not await r.exists(key):
+        return
+    mapping: Fields = {"updated": _now(), **fields}
+    async with r.pipeline(transaction=True) as pipe:
+        pipe.hset(key, mapping=mapping)
+        pipe.expire(key, ttl)
+        await pipe.execute()
+
+
+async def finish_record(r: aioredis.Redis, keys: Keys, job_id: str, mp3: bytes, seconds: float,
+                        ttl: int, *, cached: bool) -> None:
+    """Store the MP3 and mark the job finished."""
+    await update_record(r, keys.tts(job_id), ttl, status=Status.FINISHED.value, audio=mp3,
+                        bytes=len(mp3), duration=f"{seconds:.3f}", progress="1", error="",
+                        cached=int(cached), finished=_now())
+
+
+async def finish_from_cache(r: aioredis.Redis, keys: Keys, job_id: str, mp3: bytes, ttl: int) -> None:
+    """Mark a just-created job finished with cached audio (no vendor call, no RQ job)."""
+    seconds = await asyncio.to_thread(duration, mp3)
+    await finish_record(r, keys, job_id, mp3, seconds, ttl, cached=True)
 
 
 _PUBLIC = ("status", "vendor", "voice", "chars", "created", "updated", "started", "finished",

@@ -31,8 +31,8 @@ from voxq.redis_conn import (
 )
 from voxq.sessions import create_session, get_meta, list_sessions, read_finals
 from voxq.settings import Settings
+from voxq.tts_cache import TtsCache
 from workers.sweeper import sweep_once, try_sweep
-from workers.tts.cache import TtsCache
 
 # --- the URL convention (no server needed) ------------------------------------------------------
 

@@ -1,1 +1,2 @@
-"""Batch text-to-speech: RQ job functions, text splitting, MP3 joining and the result cache."""
+"""Batch text-to-speech: RQ job functions, text splitting and MP3 joining (planning, the offers and
+the result cache are the core's: voxq.tts_plan, voxq.tts_offers, voxq.tts_cache)."""

@@ -1,7 +1,8 @@
-"""TTS jobs: planning a request against its vendor, and the job function that runs it.
+"""TTS jobs: the job function that runs a planned request.
 
-The request model, the records, their reads and enqueueing live in the core
-(``voxq.tts_jobs``, shared with the API) and are re-exported here.
+The request model, the records, their reads and enqueueing (``voxq.tts_jobs``), planning against
+each vendor's offer (``voxq.tts_plan``) and the content cache (``voxq.tts_cache``) live in the
+core, shared with the API; the names callers use are re-exported here.
 
 A job's record is the hash ``PREFIX:tts:{JOB}`` (DESIGN.md): the request, status
 (queued → started → finished | failed), progress, error reason, attempts, and once finished the
@@ -20,11 +21,9 @@ API also reads RQ's own status to notice jobs that died without a callback (a ki
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -38,6 +37,7 @@ from voxq.metrics import REDIS_ERRORS, TTS_JOB_DURATION, TTS_JOBS
 from voxq.redaction import redact
 from voxq.redis_conn import connect, connect_sync
 from voxq.settings import Settings, get_settings
+from voxq.tts_cache import TtsCache
 
 # the shared part, defined in the core (names kept here for the worker and its callers)
 from voxq.tts_jobs import (  # noqa: F401
@@ -60,6 +60,8 @@ from voxq.tts_jobs import (  # noqa: F401
     check_job_id,
     create_records,
     enqueue,
+    finish_from_cache,
+    finish_record,
     job_audio,
     job_status,
     job_timeout,
@@ -67,9 +69,10 @@ from voxq.tts_jobs import (  # noqa: F401
     new_job_id,
     record_fields,
     retry_intervals,
+    update_record,
 )
+from voxq.tts_plan import Plan, plan  # noqa: F401  (planning against the vendor's core offer)
 from workers.tts import mp3join
-from workers.tts.cache import TtsCache, cache_digest
 from workers.tts.splitting import TextLimit, split_text
 from workers.vendors.base import (
     SynthesisRequest,
@@ -78,11 +81,10 @@ from workers.vendors.base import (
     VendorRejected,
     VendorRetryable,
 )
-from workers.vendors.registry import SYNTHESIZERS, synthesizer_class
+from workers.vendors.registry import synthesizer_class
 
 log = logging.getLogger("voxq.tts")
 
-DEFAULT_SAMPLE_RATES = (8000, 16000, 22050, 24000)
 _redis_url: str | None = None
 _rq_redis_url: str | None = None
 
@@ -90,134 +92,14 @@ class JobGone(VendorRejected):
     """The job's record expired or was deleted before a worker ran it."""
 
 
-# --- request ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """A validated request: which vendor, with every default resolved."""
-
-    vendor: str
-    variant: str
-    synthesis: SynthesisRequest
-    use_cache: bool
-
-    @property
-    def voice(self) -> str:
-        """The voice, as the record shows it."""
-        return self.synthesis.voice or ""
-
-    @property
-    def chars(self) -> int:
-        """Characters of text."""
-        return len(self.synthesis.text)
-
-    @property
-    def digest(self) -> str:
-        """Content-cache key of this request."""
-        return cache_digest(self.vendor, self.variant, self.synthesis)
-
-    def to_json(self) -> str:
-        """The plan as stored in the job record."""
-        s = self.synthesis
-        return json.dumps({"vendor": self.vendor, "variant": self.variant, "cache": self.use_cache,
-                           "text": s.text, "voice": s.voice, "speed": s.speed, "volume": s.volume,
-                           "pitch": s.pitch, "sample_rate": s.sample_rate, "format": s.format},
-                          ensure_ascii=False)
-
-    @classmethod
-    def from_json(cls, blob: str | bytes) -> Plan:
-        """Inverse of :meth:`to_json`."""
-        d = json.loads(blob)
-        return cls(vendor=d["vendor"], variant=d["variant"], use_cache=bool(d["cache"]),
-                   synthesis=SynthesisRequest(text=d["text"], voice=d["voice"], speed=d["speed"],
-                                              volume=d["volume"], pitch=d["pitch"],
-                                              sample_rate=d["sample_rate"], format=d["format"]))
-
-
 def make_synthesizer(vendor: str, settings: Settings) -> Synthesizer:
     """A synthesizer instance of a registered vendor (InvalidInput listing vendors if unknown)."""
     return synthesizer_class(vendor)(settings)
 
 
-def sample_rates_of(synth: Synthesizer) -> tuple[int, ...]:
-    """Output rates a vendor adapter accepts (adapters may declare ``sample_rates``)."""
-    rates: tuple[int, ...] = tuple(getattr(synth, "sample_rates", DEFAULT_SAMPLE_RATES))
-    return rates
-
-
 def text_limit_of(synth: Synthesizer) -> TextLimit:
-    """What one call of this vendor accepts (adapters may declare bytes and Han weight)."""
-    return TextLimit(max_chars=synth.max_chars,
-                     max_bytes=getattr(synth, "max_text_bytes", None),
-                     han_weight=int(getattr(synth, "han_weight", 1)))
-
-
-def variant_of(synth: Synthesizer) -> str:
-    """What besides the request shapes a vendor's audio (engine, model), for the cache key."""
-    variant = getattr(synth, "variant", None)
-    return str(variant()) if callable(variant) else ""
-
-
-def plan(request: TtsRequest, settings: Settings) -> Plan:
-    """Validate a request and resolve its defaults; InvalidInput (TextTooLong) says what is wrong."""
-    text = request.text
-    if not text.strip():
-        raise InvalidInput("text is empty")
-    if len(text) > settings.tts_max_text_chars:
-        raise TextTooLong(f"text is {len(text)} characters; the limit is "
-                          f"{settings.tts_max_text_chars} (VOXQ_TTS_MAX_TEXT_CHARS)")
-    if "\0" in text:
-        raise InvalidInput("text contains a NUL character")
-    vendor = request.vendor or settings.tts_default_vendor
-    synth = make_synthesizer(vendor, settings)
-    voices = synth.voices()
-    voice = request.voice or voices[0]
-    if voice not in voices:
-        raise InvalidInput(f"unknown voice {voice!r} for vendor {vendor!r}; voices: {', '.join(voices)}")
-    rates = sample_rates_of(synth)
-    if request.sample_rate not in rates:
-        raise InvalidInput(f"sample_rate {request.sample_rate} is not offered by vendor {vendor!r}; "
-                           f"rates: {', '.join(map(str, rates))}")
-    synthesis = SynthesisRequest(text=text, voice=voice, speed=request.speed, volume=request.volume,
-                                 pitch=request.pitch, sample_rate=request.sample_rate,
-                                 format=request.format)
-    check = getattr(synth, "check_request", None)
-    if callable(check):  # vendor-specific refusals (e.g. pitch on Polly's neural engine)
-        check(synthesis)
-    return Plan(vendor=vendor, variant=variant_of(synth), synthesis=synthesis,
-                use_cache=request.cache)
-
-
-def known_vendors() -> list[str]:
-    """Registered speech vendor names."""
-    return sorted(SYNTHESIZERS)
-
-
-# --- the record ---------------------------------------------------------------------------------
-
-async def finish_from_cache(r: aioredis.Redis, keys: Keys, job_id: str, mp3: bytes, ttl: int) -> None:
-    """Mark a just-created job finished with cached audio (no vendor call, no RQ job)."""
-    seconds = await asyncio.to_thread(mp3join.duration, mp3)
-    await _finish(r, keys, job_id, mp3, seconds, ttl, cached=True)
-
-
-async def _update(r: aioredis.Redis, key: str, ttl: int, **fields: str | int | float | bytes) -> None:
-    """HSET + EXPIRE, only while the record exists (an expired job is not resurrected)."""
-    if not await r.exists(key):
-        return
-    mapping: Fields = {"updated": _now(), **fields}
-    async with r.pipeline(transaction=True) as pipe:
-        pipe.hset(key, mapping=mapping)
-        pipe.expire(key, ttl)
-        await pipe.execute()
-
-
-async def _finish(r: aioredis.Redis, keys: Keys, job_id: str, mp3: bytes, seconds: float, ttl: int,
-                  *, cached: bool) -> None:
-    """Store the MP3 and mark the job finished."""
-    await _update(r, keys.tts(job_id), ttl, status=Status.FINISHED.value, audio=mp3,
-                  bytes=len(mp3), duration=f"{seconds:.3f}", progress="1", error="",
-                  cached=int(cached), finished=_now())
+    """What one call of this vendor accepts (a registered vendor's: its offer's)."""
+    return synth.text_limit()
 
 
 # --- the job ------------------------------------------------------------------------------------
@@ -346,12 +228,12 @@ async def _run(r: aioredis.Redis, keys: Keys, job_id: str, settings: Settings) -
     if plan_.use_cache:
         hit = await cache.get(digest)
         if hit is not None:
-            await _finish(r, keys, job_id, hit, mp3join.duration(hit), ttl, cached=True)
+            await finish_record(r, keys, job_id, hit, mp3join.duration(hit), ttl, cached=True)
             log.info("tts job %s served from cache", job_id)
             return
 
     async def progress(done: int, total: int) -> None:
-        await _update(r, key, ttl, parts_done=done, parts_total=total,
+        await update_record(r, key, ttl, parts_done=done, parts_total=total,
                       progress=f"{done / total:.4f}" if total else "0")
 
     synth = make_synthesizer(plan_.vendor, settings)
@@ -360,7 +242,7 @@ async def _run(r: aioredis.Redis, keys: Keys, job_id: str, settings: Settings) -
                                 timeout=settings.tts_vendor_timeout_seconds)
     seconds = await asyncio.to_thread(mp3join.duration, mp3)
     await cache.put(digest, mp3)
-    await _finish(r, keys, job_id, mp3, seconds, ttl, cached=False)
+    await finish_record(r, keys, job_id, mp3, seconds, ttl, cached=False)
     log.info("tts job %s: %s, %d chars → %.2fs of audio, %d bytes in %.2fs", job_id, plan_.vendor,
              len(plan_.synthesis.text), seconds, len(mp3), time.monotonic() - started)
 

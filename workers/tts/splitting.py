@@ -9,9 +9,9 @@ last resort inside a word (never inside a UTF-8 character). No text is dropped o
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
+
+from voxq.tts_offers import TextLimit  # each vendor's limit is part of its offer (the core)
 
 __all__ = ["TextLimit", "sentences", "split_text"]
 
@@ -26,36 +26,6 @@ _SENTENCE_END = re.compile(
 )
 _CLAUSE_END = re.compile(r"[,;:，、；：—–]+[\"'”’)\]]*\s*")
 _SPACE = re.compile(r"\s+")
-
-
-def _is_han(ch: str) -> bool:
-    """Han ideographs (CJK unified, extensions, compatibility) — billed double by CosyVoice."""
-    return unicodedata.name(ch, "").startswith(("CJK UNIFIED", "CJK COMPATIBILITY IDEOGRAPH"))
-
-
-@dataclass(frozen=True, slots=True)
-class TextLimit:
-    """What one vendor call accepts: characters (Han counted ``han_weight`` times), UTF-8 bytes."""
-
-    max_chars: int
-    max_bytes: int | None = None
-    han_weight: int = 1
-
-    def __post_init__(self) -> None:
-        if self.max_chars < max(1, self.han_weight) or (self.max_bytes is not None and self.max_bytes < 4):
-            raise ValueError("a text limit must allow at least one character")
-
-    def units(self, text: str) -> int:
-        """The text's length as the vendor counts characters."""
-        if self.han_weight == 1:
-            return len(text)
-        return len(text) + (self.han_weight - 1) * sum(1 for ch in text if _is_han(ch))
-
-    def fits(self, text: str) -> bool:
-        """True when one vendor call accepts ``text``."""
-        if self.units(text) > self.max_chars:
-            return False
-        return self.max_bytes is None or len(text.encode("utf-8")) <= self.max_bytes
 
 
 def sentences(text: str) -> list[str]:

@@ -19,9 +19,11 @@ from voxq.errors import InvalidInput, VoxqError
 from voxq.records import Transcript, Word
 from voxq.redaction import redact
 from voxq.settings import Settings
+from voxq.tts_offers import SynthesisRequest, TextLimit, offer_of
 
 __all__ = [
     "NoOptions",
+    "OfferedSynthesizer",
     "Recognizer",
     "RecognizerConfig",
     "SynthesisRequest",
@@ -101,19 +103,6 @@ class RecognizerConfig:
     options: BaseModel = field(default_factory=NoOptions)
 
 
-@dataclass(frozen=True, slots=True)
-class SynthesisRequest:
-    """One text-to-speech request."""
-
-    text: str
-    voice: str | None = None
-    speed: float = 1.0
-    volume: float = 1.0
-    pitch: float = 1.0
-    sample_rate: int = 24000
-    format: str = "mp3"
-
-
 # --- interfaces ---------------------------------------------------------------------------
 
 class Recognizer(abc.ABC):
@@ -189,7 +178,8 @@ class Synthesizer(abc.ABC):
     """Text in, MP3 bytes out."""
 
     name: ClassVar[str]
-    #: longest text one vendor call accepts, in characters (adapters split longer text)
+    #: longest text one vendor call accepts, in characters, of a synthesizer without an offer
+    #: in the core (a registered vendor's limit is its offer's: `OfferedSynthesizer`)
     max_chars: ClassVar[int] = 1000
 
     def __init__(self, settings: Settings):
@@ -199,6 +189,51 @@ class Synthesizer(abc.ABC):
     def voices(self) -> list[str]:
         """Voice names this vendor offers; the first is the default."""
 
+    def sample_rates(self) -> tuple[int, ...]:
+        """Output rates this vendor offers."""
+        return (8000, 16000, 22050, 24000)
+
+    def text_limit(self) -> TextLimit:
+        """What one call accepts (longer text is split into several calls)."""
+        return TextLimit(max_chars=self.max_chars)
+
+    def variant(self) -> str:
+        """What besides the request shapes the audio (engine, model), for the cache key."""
+        return ""
+
+    def check_request(self, request: SynthesisRequest) -> None:
+        """Refuse (InvalidInput) what the vendor would refuse, before a job is queued."""
+        return None
+
     @abc.abstractmethod
     async def synthesize(self, request: SynthesisRequest) -> bytes:
-        """MP3 bytes of ``request.text`` (at most ``max_chars``)."""
+        """MP3 bytes of ``request.text`` (within ``text_limit()``)."""
+
+
+class OfferedSynthesizer(Synthesizer):
+    """A registered speech vendor's adapter: its voices, rates, text limit, variant and refusals
+    are its offer in the core (``voxq.tts_offers``), the same one the API plans requests with."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self.offer = offer_of(self.name, settings)
+
+    def voices(self) -> list[str]:
+        """The offer's voices; the first is the default."""
+        return list(self.offer.voices)
+
+    def sample_rates(self) -> tuple[int, ...]:
+        """The offer's output rates."""
+        return self.offer.sample_rates
+
+    def text_limit(self) -> TextLimit:
+        """The offer's limit of one call."""
+        return self.offer.limit
+
+    def variant(self) -> str:
+        """The offer's variant (engine, model, cluster), part of the cache key."""
+        return self.offer.variant
+
+    def check_request(self, request: SynthesisRequest) -> None:
+        """The offer's refusals (e.g. pitch on Polly's neural engine), as InvalidInput."""
+        self.offer.check(request)

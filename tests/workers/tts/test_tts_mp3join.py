@@ -85,8 +85,8 @@ def test_join_decodes_to_exactly_the_sum_of_the_parts() -> None:
     assert mp3join.duration(joined) == pytest.approx(3.7, abs=1e-6)
     stream = mp3join.strip_tags(joined)
     assert stream == joined  # no ID3 tag anywhere
-    frames = mp3join._frames(stream)
-    info = [mp3join._is_info_frame(stream[off:off + h.length], h) for off, h in frames]
+    frames = mp3join.frames_of(stream)
+    info = [mp3join.is_info_frame(stream[off:off + h.length], h) for off, h in frames]
     assert info[0] and not any(info[1:])  # one header frame, at the start only
     assert sum(h.length for _, h in frames) == len(stream)  # whole frames, nothing else
 

@@ -8,7 +8,8 @@ operation's errors and their HTTP statuses, the mp3 sample rates, the 6000 total
 character limit) and AWS's common rest-json error shape (``x-amzn-ErrorType`` header, JSON body
 with ``message``). Speed, volume and pitch have no request fields: when any differs from 1 the
 text is sent as SSML inside ``<prosody>`` (pitch is refused up front for the neural, long-form and
-generative engines, which do not support it).
+generative engines, which do not support it). What Polly offers (voices by engine, rates, the
+per-call limit, that refusal) is the core's ``voxq.tts_offers``, which the API plans with.
 
 Secrets: the keys only sign; the signature and session token travel in headers, never in URLs,
 logs or error messages.
@@ -25,51 +26,23 @@ from xml.sax.saxutils import escape
 
 import httpx
 
-from voxq.errors import InvalidInput
 from voxq.settings import Settings
+from voxq.tts_offers import POLLY_NEURAL_VOICES
 from workers.vendors.aws.settings import AwsSettings
 from workers.vendors.aws.sigv4 import SigV4Error, sign_headers
 from workers.vendors.base import (
+    OfferedSynthesizer,
     SynthesisRequest,
-    Synthesizer,
     VendorAuthError,
     VendorError,
     VendorRejected,
     VendorRetryable,
 )
 
-__all__ = ["NEURAL_VOICES", "STANDARD_VOICES", "PollySynthesizer", "polly_error", "request_body",
-           "warm_up"]
+__all__ = ["PollySynthesizer", "polly_error", "request_body", "warm_up"]
 
 SERVICE = "polly"
 PATH = "/v1/speech"
-SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
-"""Rates the model documents for mp3."""
-
-NEURAL_VOICES = (
-    "Joanna", "Matthew", "Danielle", "Gregory", "Ivy", "Kendra", "Kimberly", "Salli", "Joey",
-    "Justin", "Kevin", "Ruth", "Stephen", "Amy", "Emma", "Brian", "Arthur", "Olivia", "Aria",
-    "Ayanda", "Niamh", "Kajal", "Vicki", "Daniel", "Hannah", "Lea", "Remi", "Gabrielle", "Liam",
-    "Lucia", "Sergio", "Mia", "Andres", "Lupe", "Pedro", "Bianca", "Adriano", "Camila", "Vitoria",
-    "Thiago", "Ines", "Laura", "Takumi", "Kazuha", "Tomoko", "Seoyeon", "Zhiyu", "Hiujin", "Hala",
-    "Zayd", "Elin", "Ida", "Suvi", "Ola", "Sofie", "Lisa", "Isabelle", "Burcu", "Jitka",
-)
-"""Voices offered with the neural engine (the default); Joanna first."""
-STANDARD_VOICES = (
-    "Joanna", "Matthew", "Ivy", "Justin", "Kendra", "Kimberly", "Salli", "Joey", "Amy", "Brian",
-    "Emma", "Russell", "Nicole", "Raveena", "Aditi", "Geraint", "Celine", "Mathieu", "Chantal",
-    "Marlene", "Vicki", "Hans", "Conchita", "Enrique", "Lucia", "Mia", "Miguel", "Penelope",
-    "Lupe", "Carla", "Bianca", "Giorgio", "Mizuki", "Takumi", "Seoyeon", "Zhiyu", "Lotte",
-    "Ruben", "Liv", "Naja", "Mads", "Maja", "Jacek", "Jan", "Ewa", "Ines", "Cristiano", "Camila",
-    "Vitoria", "Ricardo", "Carmen", "Tatyana", "Maxim", "Astrid", "Filiz", "Gwyneth", "Dora",
-    "Karl", "Zeina",
-)
-LONG_FORM_VOICES = ("Danielle", "Gregory", "Ruth")
-GENERATIVE_VOICES = ("Ruth", "Matthew", "Danielle", "Stephen", "Amy", "Olivia", "Lea", "Remi",
-                     "Vicki", "Daniel", "Lucia", "Sergio", "Mia", "Andres", "Lupe", "Pedro")
-VOICES_BY_ENGINE = {"neural": NEURAL_VOICES, "standard": STANDARD_VOICES,
-                    "long-form": LONG_FORM_VOICES, "generative": GENERATIVE_VOICES}
-
 _RETRYABLE_TYPES = frozenset({"ThrottlingException", "ServiceFailureException",
                               "ServiceUnavailableException", "ServiceUnavailable",
                               "InternalFailure", "InternalServerError", "RequestTimeout",
@@ -127,7 +100,7 @@ def request_body(request: SynthesisRequest, engine: str) -> dict[str, str]:
     if request.pitch != 1.0:
         prosody["pitch"] = f"{round((request.pitch - 1) * 100):+d}%"
     body = {"Engine": engine, "OutputFormat": "mp3", "SampleRate": str(request.sample_rate),
-            "VoiceId": request.voice or NEURAL_VOICES[0], "TextType": "text", "Text": request.text}
+            "VoiceId": request.voice or POLLY_NEURAL_VOICES[0], "TextType": "text", "Text": request.text}
     if prosody:
         attrs = " ".join(f'{name}="{value}"' for name, value in prosody.items())
         body["TextType"] = "ssml"
@@ -157,14 +130,11 @@ def polly_error(status: int, headers: httpx.Headers, body: bytes) -> VendorError
     return VendorRejected(message, vendor="aws", code=code)
 
 
-class PollySynthesizer(Synthesizer):
-    """Amazon Polly, one SynthesizeSpeech call per piece of text."""
+class PollySynthesizer(OfferedSynthesizer):
+    """Amazon Polly, one SynthesizeSpeech call per piece of text; voices (by engine), rates, the
+    text limit and the refusals are the core's offer (``voxq.tts_offers``)."""
 
     name = "aws"
-    max_chars = 1500
-    """Polly bills at most 3000 characters and accepts 6000 with SSML per call; 1500 leaves room
-    for the prosody wrapper and XML escapes."""
-    sample_rates = SAMPLE_RATES
     timeout: ClassVar[float] = 30.0
 
     def __init__(self, settings: Settings):
@@ -174,25 +144,11 @@ class PollySynthesizer(Synthesizer):
         endpoint = conf.polly_endpoint or f"https://polly.{conf.region}.amazonaws.com"
         self.url = endpoint.rstrip("/") + PATH
 
-    def voices(self) -> list[str]:
-        """Voices that support the configured engine (VOXQ_AWS_POLLY_ENGINE); Joanna or the first."""
-        return list(VOICES_BY_ENGINE[self.engine])
-
-    def variant(self) -> str:
-        """The engine shapes the audio, so it is part of the cache key."""
-        return self.engine
-
-    def check_request(self, request: SynthesisRequest) -> None:
-        """Refuse what Polly would refuse, before a job is queued (pitch on neural engines)."""
-        if request.pitch != 1.0 and self.engine != "standard":
-            raise InvalidInput(f"pitch is not supported by Polly's {self.engine} engine "
-                               "(only by the standard engine); leave pitch at 1.0")
-
     def _credentials(self) -> tuple[str, str, str | None]:
         return AwsSettings.of(self.settings).credentials()
 
     async def synthesize(self, request: SynthesisRequest) -> bytes:
-        """MP3 of ``request.text`` (at most ``max_chars``)."""
+        """MP3 of ``request.text`` (within the offer's text limit)."""
         self.check_request(request)
         access, secret, token = self._credentials()
         body = json.dumps(request_body(request, self.engine), ensure_ascii=False).encode("utf-8")

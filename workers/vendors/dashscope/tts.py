@@ -7,8 +7,8 @@ parameters) → ``task-started`` → one ``continue-task`` with the text → ``f
 frames (consecutive pieces of one MP3 stream, concatenated in arrival order) and per-sentence
 ``result-generated`` events (skipped) → ``task-finished``. ``task-failed`` ends the call with the
 service's code and message, retryable or not by code (§5, shared with the recognizer). The model
-(VOXQ_DASHSCOPE_TTS_MODEL, default ``cosyvoice-v2``) decides the voice list: v2 voices end in
-``_v2``; mixing them up is the service's error 418.
+(VOXQ_DASHSCOPE_TTS_MODEL, default ``cosyvoice-v2``) decides the voice list (the core's offer,
+``voxq.tts_offers``): v2 voices end in ``_v2``; mixing them up is the service's error 418.
 
 Secrets: the API key travels only in the handshake header; it is redacted from the websockets
 library's debug log and from any error text.
@@ -30,8 +30,8 @@ from voxq import __version__
 from voxq.aio import within
 from voxq.settings import Settings
 from workers.vendors.base import (
+    OfferedSynthesizer,
     SynthesisRequest,
-    Synthesizer,
     VendorRejected,
     VendorRetryable,
 )
@@ -41,18 +41,9 @@ from workers.vendors.redaction import websocket_logger
 
 log = logging.getLogger(__name__)
 
-__all__ = ["V1_VOICES", "V2_VOICES", "CosyVoiceSynthesizer", "continue_task", "finish_task",
-           "run_task"]
+__all__ = ["CosyVoiceSynthesizer", "continue_task", "finish_task", "run_task"]
 
 VENDOR = "dashscope"
-SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
-V2_VOICES = ("longxiaochun_v2", "longxiaoxia_v2", "longwan_v2", "longcheng_v2", "longhua_v2",
-             "longshu_v2", "loongbella_v2")
-"""cosyvoice-v2 system voices offered (longxiaochun_v2 is the notes' example)."""
-V1_VOICES = ("longxiaochun", "longxiaoxia", "longwan", "longcheng", "longhua", "longshu",
-             "loongbella", "longyue", "longfei", "longjielidou", "longtong", "longxiang",
-             "loongstella")
-"""cosyvoice-v1 system voices offered."""
 MAX_AUDIO_BYTES = 64 << 20
 """Most audio one call may return (a bound against a runaway stream)."""
 _SECRET_HEADERS = frozenset({"authorization"})
@@ -88,15 +79,11 @@ def finish_task(task_id: str) -> str:
                    "payload": {"input": {}}})
 
 
-class CosyVoiceSynthesizer(Synthesizer):
-    """DashScope CosyVoice, one task (and one WebSocket) per piece of text."""
+class CosyVoiceSynthesizer(OfferedSynthesizer):
+    """DashScope CosyVoice, one task (and one WebSocket) per piece of text; voices (by model),
+    rates and the text limit are the core's offer (``voxq.tts_offers``)."""
 
     name = "dashscope"
-    max_chars = 2000
-    """The service takes 20 000 per message (Han characters count 2); smaller pieces keep one
-    failure cheap and progress fine-grained."""
-    han_weight = 2
-    sample_rates = SAMPLE_RATES
     open_timeout: ClassVar[float] = 10.0
     close_timeout: ClassVar[float] = 2.0
 
@@ -104,14 +91,6 @@ class CosyVoiceSynthesizer(Synthesizer):
         super().__init__(settings)
         self.model = DashScopeSettings.of(settings).tts_model
         self._secrets: tuple[str, ...] = ()
-
-    def voices(self) -> list[str]:
-        """System voices of the configured model; longxiaochun(_v2) first."""
-        return list(V1_VOICES if self.model == "cosyvoice-v1" else V2_VOICES)
-
-    def variant(self) -> str:
-        """The model shapes the audio, so it is part of the cache key."""
-        return self.model
 
     def _headers(self) -> dict[str, str]:
         headers, self._secrets = DashScopeSettings.of(self.settings).headers()
@@ -155,7 +134,7 @@ class CosyVoiceSynthesizer(Synthesizer):
         return event, header
 
     async def synthesize(self, request: SynthesisRequest) -> bytes:
-        """MP3 of ``request.text`` (at most ``max_chars``, Han counted twice)."""
+        """MP3 of ``request.text`` (within the offer's text limit, Han counted twice)."""
         if request.voice is not None and request.voice not in self.voices():
             raise VendorRejected(f"voice {request.voice!r} is not a {self.model} voice", vendor=VENDOR)
         if not request.voice:

@@ -23,16 +23,12 @@ import soundfile as sf
 
 from voxq.aio import within
 from voxq.settings import Settings
-from workers.vendors.base import SynthesisRequest, Synthesizer, VendorRejected, VendorRetryable
+from workers.vendors.base import OfferedSynthesizer, SynthesisRequest, VendorRejected, VendorRetryable
 
 log = logging.getLogger("voxq.vendors.local")
 
-VOICES = ("en-us", "en-gb", "de", "fr", "es", "it", "pt", "pt-br", "nl", "sv", "da", "fi", "pl",
-          "cs", "ru", "uk", "tr", "el", "cmn", "yue", "ja", "ko", "hi", "ar", "vi", "id")
-"""espeak-ng voice (language) names offered; the first is the default."""
 _ESPEAK_NAMES = {"en-gb": "en"}
 """Voices whose espeak-ng file name differs from the language tag (libespeak-ng 1.52)."""
-SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _ESPEAK_RATE, _ESPEAK_VOLUME, _ESPEAK_PITCH = 1, 2, 3
@@ -155,26 +151,17 @@ def encode_mp3(samples: np.ndarray, rate: int) -> bytes:
     return out.getvalue()
 
 
-class LocalSynthesizer(Synthesizer):
-    """espeak-ng → resample → MP3 (libsndfile), fully offline."""
+class LocalSynthesizer(OfferedSynthesizer):
+    """espeak-ng → resample → MP3 (libsndfile), fully offline; voices, rates and the text limit
+    are the core's offer (``voxq.tts_offers``)."""
 
     name = "local"
-    max_chars = 2000
-    sample_rates = SAMPLE_RATES
 
     def __init__(self, settings: Settings, *, binary: str | None = None,
                  use_library: bool = True):
         super().__init__(settings)
         self._binary = binary
         self._use_library = use_library
-
-    def voices(self) -> list[str]:
-        """espeak-ng voices offered; ``en-us`` first (the default)."""
-        return list(VOICES)
-
-    def variant(self) -> str:
-        """Cache discriminator: which espeak-ng build produces the audio."""
-        return "lib" if self._use_library and _Library.get() is not None else "bin"
 
     async def _pcm(self, request: SynthesisRequest, voice: str) -> tuple[np.ndarray, int]:
         """Mono int16 samples and their rate, from the library or the binary."""
@@ -196,12 +183,13 @@ class LocalSynthesizer(Synthesizer):
 
     async def synthesize(self, request: SynthesisRequest) -> bytes:
         """MP3 of ``request.text`` at ``request.sample_rate``."""
-        voice = request.voice or VOICES[0]
-        if voice not in VOICES:
-            raise VendorRejected(f"unknown voice {voice!r}; voices: {', '.join(VOICES)}",
+        voices, rates = self.offer.voices, self.offer.sample_rates
+        voice = request.voice or voices[0]
+        if voice not in voices:
+            raise VendorRejected(f"unknown voice {voice!r}; voices: {', '.join(voices)}",
                                  vendor="local")
-        if request.sample_rate not in SAMPLE_RATES:
-            raise VendorRejected(f"sample rate {request.sample_rate} not in {SAMPLE_RATES}",
+        if request.sample_rate not in rates:
+            raise VendorRejected(f"sample rate {request.sample_rate} not in {rates}",
                                  vendor="local")
         if not request.text.strip():
             raise VendorRejected("text is empty", vendor="local")

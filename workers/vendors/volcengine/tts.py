@@ -35,11 +35,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from voxq import __version__
 from voxq.aio import within
-from voxq.errors import InvalidInput
 from voxq.settings import Settings
 from workers.vendors.base import (
+    OfferedSynthesizer,
     SynthesisRequest,
-    Synthesizer,
     VendorAuthError,
     VendorError,
     VendorRejected,
@@ -51,22 +50,12 @@ from workers.vendors.volcengine.frames import Event, Frame, MessageType
 
 log = logging.getLogger(__name__)
 
-__all__ = ["V1_VOICES", "V3_VOICES", "VolcengineTtsSynthesizer", "VolcengineV3Synthesizer",
-           "classify_v1", "classify_v3", "resource_for", "v1_request", "v3_session"]
+__all__ = ["VolcengineTtsSynthesizer", "VolcengineV3Synthesizer", "classify_v1", "classify_v3",
+           "resource_for", "v1_request", "v3_session"]
 
 MAX_SERVER_FRAME = 8 << 20
 MAX_AUDIO_BYTES = 64 << 20
 _SECRET_HEADERS = frozenset({"authorization", "x-api-access-key", "x-api-key"})
-
-V1_VOICES = ("BV001_streaming", "BV002_streaming", "BV700_streaming", "BV701_streaming",
-             "BV406_streaming", "BV407_streaming", "zh_female_cancan_mars_bigtts",
-             "zh_female_shuangkuaisisi_moon_bigtts", "zh_male_wennuanahu_moon_bigtts")
-"""v1 voices offered (BV001_streaming and the two *_bigtts ids are the notes' examples)."""
-V3_VOICES = ("zh_female_shuangkuaisisi_moon_bigtts", "zh_female_cancan_mars_bigtts",
-             "zh_male_wennuanahu_moon_bigtts", "zh_female_vv_uranus_bigtts")
-"""v3 voices offered; the ``_uranus_`` family needs resource ``seed-tts-2.0``."""
-V1_RATES = (8000, 16000, 24000)
-V3_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 V1_RETRYABLE = frozenset({3003, 3005, 3006, 3030, 3031, 3032, 3040})
 V3_AUTH = frozenset({45000010, 45000030})
@@ -156,8 +145,9 @@ def v3_session(request: SynthesisRequest, *, text: str | None = None) -> dict[st
             else Event.START_SESSION, "namespace": "BidirectionalTTS", "req_params": params}
 
 
-class _VolcengineBase(Synthesizer):
-    """What v1 and v3 share: connecting, decoding, bounded reads."""
+class _VolcengineBase(OfferedSynthesizer):
+    """What v1 and v3 share: connecting, decoding, bounded reads. Voices, rates, the text limit
+    (UTF-8 bytes too) and the refusals are the core's offer (``voxq.tts_offers``)."""
 
     open_timeout: ClassVar[float] = 10.0
     close_timeout: ClassVar[float] = 2.0
@@ -209,17 +199,6 @@ class VolcengineTtsSynthesizer(_VolcengineBase):
     """Volcengine v1 binary WebSocket TTS, one connection per piece of text."""
 
     name = "volcengine"
-    max_chars = 300
-    max_text_bytes = 1024
-    sample_rates = V1_RATES
-
-    def voices(self) -> list[str]:
-        """v1 voice types offered; BV001_streaming first."""
-        return list(V1_VOICES)
-
-    def variant(self) -> str:
-        """The cluster shapes the audio, so it is part of the cache key."""
-        return self.settings.volcengine_tts_cluster
 
     def _auth(self) -> tuple[str, dict[str, str]]:
         s = self.settings
@@ -234,7 +213,7 @@ class VolcengineTtsSynthesizer(_VolcengineBase):
     async def synthesize(self, request: SynthesisRequest) -> bytes:
         """MP3 of ``request.text`` (≤ 1024 UTF-8 bytes)."""
         app_id, headers = self._auth()
-        request = dataclasses.replace(request, voice=request.voice or V1_VOICES[0])
+        request = dataclasses.replace(request, voice=request.voice or self.voices()[0])
         body = v1_request(request, app_id=app_id, cluster=self.settings.volcengine_tts_cluster,
                           reqid=str(uuid.uuid4()))
         ws = await self._connect(self.settings.volcengine_tts_url, headers, "VOXQ_VOLCENGINE_TTS_URL")
@@ -268,22 +247,6 @@ class VolcengineV3Synthesizer(_VolcengineBase):
     """Volcengine v3 bidirectional TTS, one connection and session per piece of text."""
 
     name = "volcengine-v3"
-    max_chars = 300
-    max_text_bytes = 1024
-    sample_rates = V3_RATES
-
-    def voices(self) -> list[str]:
-        """v3 speakers offered; zh_female_shuangkuaisisi_moon_bigtts first."""
-        return list(V3_VOICES)
-
-    def variant(self) -> str:
-        """The resource id (model generation) shapes the audio."""
-        return self.settings.volcengine_tts_resource_id or "auto"
-
-    def check_request(self, request: SynthesisRequest) -> None:
-        """Refuse what v3 cannot express: loudness below 0.5× (its range is -50..100)."""
-        if request.volume < 0.5:
-            raise InvalidInput("volcengine-v3 volume must be between 0.5 and 2.0")
 
     def _headers(self, voice: str) -> dict[str, str]:
         s = self.settings
@@ -339,8 +302,8 @@ class VolcengineV3Synthesizer(_VolcengineBase):
     async def synthesize(self, request: SynthesisRequest) -> bytes:
         """MP3 of ``request.text`` (≤ 1024 UTF-8 bytes)."""
         self.check_request(request)
-        request = dataclasses.replace(request, voice=request.voice or V3_VOICES[0])
-        voice = request.voice or V3_VOICES[0]
+        voice = request.voice or self.voices()[0]
+        request = dataclasses.replace(request, voice=voice)
         ws = await self._connect(self.settings.volcengine_tts_v3_url, self._headers(voice),
                                  "VOXQ_VOLCENGINE_TTS_V3_URL")
         session_id = uuid.uuid4().hex

@@ -40,6 +40,19 @@ async def test_synthesizes_mp3_at_the_requested_rate_and_speed(use_library: bool
         assert mp3join.duration(await synth.synthesize(SynthesisRequest(text="123", voice=voice))) > 0.2
 
 
+@pytest.mark.parametrize("use_library", [
+    pytest.param(True, marks=pytest.mark.skipif(not HAS_LIBRARY, reason="espeakng-loader not installed")),
+    pytest.param(False, marks=pytest.mark.skipif(not HAS_BINARY, reason="no espeak-ng binary")),
+])
+async def test_every_voice_of_the_offer_is_one_this_espeak_ng_speaks(use_library: bool) -> None:
+    # the core's offer (voxq.tts_offers) lists local's voices statically, so the API never runs
+    # espeak-ng: this is where the list meets the installed espeak-ng
+    synth = LocalSynthesizer(Settings(), use_library=use_library)
+    for voice in synth.voices():
+        mp3 = await synth.synthesize(SynthesisRequest(text="1", voice=voice, sample_rate=16000))
+        assert mp3join.duration(mp3) > 0.1, voice
+
+
 async def test_refusals_are_clear() -> None:
     synth = LocalSynthesizer(Settings())
     assert synth.voices()[0] == "en-us" and "en-gb" in synth.voices()

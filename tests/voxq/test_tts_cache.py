@@ -8,8 +8,8 @@ import dataclasses
 import redis.asyncio as aioredis
 
 from voxq.keys import Keys
-from workers.tts.cache import TtsCache, cache_digest
-from workers.vendors.base import SynthesisRequest
+from voxq.tts_cache import TtsCache, cache_digest
+from voxq.tts_offers import SynthesisRequest
 
 BASE = SynthesisRequest(text="Hello there.", voice="Joanna", speed=1.0, volume=1.0, pitch=1.0,
                         sample_rate=24000, format="mp3")

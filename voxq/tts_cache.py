@@ -20,7 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from voxq.keys import Keys
-from workers.vendors.base import SynthesisRequest
+from voxq.tts_offers import SynthesisRequest
 
 log = logging.getLogger("voxq.tts.cache")
 
