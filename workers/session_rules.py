@@ -1,10 +1,11 @@
 """The decisions a session runner and its worker make about results and ownership, as pure
-functions: re-basing vendor times, dropping finals a replay says again, how far the checkpoint
+functions: re-basing vendor times, dropping what a replay says again, how far the checkpoint
 may move, and which sessions someone else has claimed (fencing)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from voxq.records import Transcript
 
@@ -24,6 +25,33 @@ def said_before(end: int, final_end: int) -> bool:
     """A final ending (in frames) no later than the last final written on its channel was
     already written: a replay from the checkpoint re-recognises audio said before."""
     return end <= final_end
+
+
+def unsaid(t: Transcript, final_end: int, rate: int) -> Transcript | None:
+    """What a (re-based) final adds to its channel: None when it was said before, else the
+    final without its leading words whose middle lies no later than ``final_end`` (frames).
+
+    A replay starts at the audio chunk that holds the checkpoint, a little before the end of
+    the last final, so the vendor hears the tail of a word already written again; a vendor
+    that waits for more quiet before it ends an utterance than the one before it (a fallback)
+    may join that tail to the next words, in a final that ends later."""
+    if said_before(end_frames(t, rate), final_end):
+        return None
+    words = t.words
+    k = 0
+    while final_end and k < len(words) and (words[k].start + words[k].end) * rate / 2 <= final_end:
+        k += 1
+    if k == 0:
+        return t
+    if k == len(words):
+        return None
+    kept = words[k:]
+    tokens = t.text.split()
+    if len(tokens) == len(words):  # one token per word: keep the vendor's formatting
+        text = " ".join(tokens[k:])
+    else:
+        text = (" " if " " in t.text.strip() else "").join(w.text for w in kept)
+    return replace(t, text=text, start=kept[0].start, words=kept)
 
 
 def safe_frames(final_end: Sequence[int], pending: Sequence[bool], horizon: int,

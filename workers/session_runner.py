@@ -6,7 +6,8 @@ its vendor fails for good, exhausts the failover budget, or its fleet-wide break
 The checkpoint is the audio entry up to which every final is durable. Times from a vendor
 are relative to the audio it was sent, so they are re-based by the checkpoint's position;
 finals that end no later than the last one written on their channel were already said
-(a replay re-recognises them) and are dropped.
+(a replay re-recognises them) and are dropped, as are the leading words of a later final
+whose middle lies before that end (a re-heard tail joined to new words).
 """
 
 from __future__ import annotations
@@ -504,9 +505,10 @@ class SessionRunner:
                     self.sid, self.epoch, maxlen, f), f"session {self.sid} partial")
                 continue
             self.pending[ch] = False
-            if rules.said_before(end_frames, self.final_end[ch]):
+            new = rules.unsaid(t, self.final_end[ch], rate)
+            if new is None:
                 continue  # already written before a replay
-            await self._write_final(t, ch, end_frames)
+            await self._write_final(new, ch, end_frames)
 
     async def _write_final(self, t: Transcript, ch: int, end_frames: int) -> None:
         """Write one final and move the checkpoint; in-memory state moves only once the write

@@ -13,7 +13,7 @@ from tests.support import create
 from voxq.keys import Keys
 from voxq.records import Status, Transcript, Word, encode_transcript
 from workers.ownership import Fenced, Ownership
-from workers.session_rules import end_frames, fenced, rebase, safe_frames, said_before
+from workers.session_rules import end_frames, fenced, rebase, safe_frames, said_before, unsaid
 
 RATE = 16000
 
@@ -42,6 +42,34 @@ def test_a_replay_drops_what_was_written_and_keeps_what_is_new() -> None:
     assert said_before(again, written)
     assert not said_before(new, written)
     assert not said_before(written + 1, written)  # one frame further is new speech
+
+
+def said(*words: tuple[str, float, float], text: str | None = None) -> Transcript:
+    ws = tuple(Word(w, s, e) for w, s, e in words)
+    return Transcript(text=text if text is not None else " ".join(w for w, _, _ in words),
+                      is_final=True, start=ws[0].start, end=ws[-1].end, words=ws)
+
+
+def test_a_replay_that_joins_a_written_tail_to_new_words_keeps_only_the_new_ones() -> None:
+    """Written: a final ending at 3.14 s; the checkpoint is the chunk boundary at 3.1 s. A
+    fallback that waits longer for quiet hears the 40 ms tail again and joins it to the next
+    words: only those are new, with the vendor's formatting of them kept."""
+    written = round(3.14 * RATE)
+    joined = said(("Tone2900", 3.1, 3.14), ("tone1300", 3.38, 3.6), ("tone400.", 3.95, 4.19))
+    new = unsaid(joined, written, RATE)
+    assert new is not None
+    assert (new.text, new.start, new.end) == ("tone1300 tone400.", 3.38, 4.19)
+    assert [w.text for w in new.words] == ["tone1300", "tone400."]
+    # a tail a little longer than its own final's end (vendor timing): still the old word
+    assert unsaid(said(("Tone2900", 3.1, 3.16)), written, RATE) is None
+    # text without one token per word (no spaces in Chinese): rebuilt from the words
+    zh = unsaid(said(("你", 3.0, 3.12), ("好", 3.3, 3.5), text="你好。"), written, RATE)
+    assert zh is not None and zh.text == "好"
+    # nothing before the end of the last final, or no final written yet: unchanged
+    fresh = said(("tone500", 3.2, 3.4), ("tone600", 3.6, 3.8))
+    assert unsaid(fresh, written, RATE) is fresh
+    assert unsaid(joined, 0, RATE) is joined
+    assert unsaid(final(3.0, 3.14), written, RATE) is None  # the whole final was said
 
 
 @given(start=st.floats(0, 3600), length=st.floats(0.01, 30), checkpoint=st.integers(0, 10 ** 9))
