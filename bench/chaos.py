@@ -259,7 +259,7 @@ async def run(args: argparse.Namespace, faults: bool) -> dict[str, Any]:
         complete += meta.status.value == "finished"
         exact += idx == list(range(expected))
     injected["vendor_drop"] = sum(c.closed_by_fault for c in emu.connections + primary.connections)
-    breaker_open = await r.exists(keys.breaker("deepgram"))
+    breaker_open = await r.hexists(keys.breaker("deepgram"), "open")  # the hash also counts while closed
     fleet.stop()
     emu.stop()
     primary.stop()
