@@ -80,6 +80,7 @@ from voxq.records import SessionMeta, Status, decode_chunk, encode_chunk, encode
 from voxq.redis_conn import check_reachable, connect, connect_node, is_cluster_url, redact_url
 from voxq.sessions import CREATE_META, create_session, ensure_group, stamped
 from voxq.settings import Settings, get_settings
+from voxq.stt_offers import validate_session
 from voxq.vendor_names import parse_fallback
 
 log = logging.getLogger("voxq.producer")
@@ -129,16 +130,12 @@ def session_meta(session_id: str, vendor: str = "local", language: str = "en-US"
 
 
 def validate_vendor(meta: SessionMeta) -> None:
-    """Check vendor name and options with the vendor registry, so mistakes fail at the producer;
-    each fallback vendor is checked with its default options."""
-    try:
-        from workers.vendors.registry import validate_session
-
-        validate_session(meta.vendor, meta.language, meta.rate, meta.channels, meta.options)
-        for name in meta.fallback:
-            validate_session(name, meta.language, meta.rate, meta.channels, {})
-    except ImportError as e:
-        raise InvalidInput(f"vendor {meta.vendor!r} is not available here: {e}") from e
+    """Check vendor name and options against what each recognizer accepts (the core's
+    ``voxq.stt_offers``), so mistakes fail at the producer; each fallback vendor is checked
+    with its default options."""
+    validate_session(meta.vendor, meta.language, meta.rate, meta.channels, meta.options)
+    for name in meta.fallback:
+        validate_session(name, meta.language, meta.rate, meta.channels, {})
 
 
 def _text(v: Any) -> str:

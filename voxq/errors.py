@@ -6,8 +6,9 @@ The tree (core classes here; the worker's vendor errors and a few local ones han
     ├── InvalidInput (ValueError)        the caller's mistake: a 4xx, a CLI message, nothing changed
     │   ├── InvalidSessionId
     │   ├── InvalidAudio
-    │   └── VendorOptionError            workers.vendors.base: an option the vendor refuses
-    │                                    (UnknownVendor in workers.vendors.registry likewise)
+    │   ├── VendorOptionError            an option, language, rate or channel count the
+    │   │                                recognizer refuses (voxq.stt_offers)
+    │   └── UnknownVendor                a vendor name nobody registered
     ├── MalformedRecord (ValueError)     a record stored in Redis that cannot be decoded: a
     │                                    faulty or hostile writer's, never this caller's (the API
     │                                    answers 409 with the reason; a worker fails the session)
@@ -45,6 +46,14 @@ class InvalidSessionId(InvalidInput):
 
 class InvalidAudio(InvalidInput):
     """Audio that cannot be read or does not match its declared format."""
+
+
+class VendorOptionError(InvalidInput):
+    """A per-session option the vendor does not accept; raised when the session is created."""
+
+
+class UnknownVendor(InvalidInput):
+    """A vendor name that is not registered."""
 
 
 class MalformedRecord(VoxqError, ValueError):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from voxq.errors import InvalidInput
+from voxq.errors import InvalidInput, UnknownVendor
 from voxq.settings import Settings
 
 __all__ = [
@@ -255,7 +255,7 @@ _OFFERS: Mapping[str, Callable[[Settings], Offer]] = MappingProxyType({
     "volcengine-v3": _volcengine_v3})
 
 
-class UnknownSpeechVendor(InvalidInput):
+class UnknownSpeechVendor(UnknownVendor):
     """A speech vendor name that is not registered."""
 
 

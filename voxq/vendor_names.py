@@ -1,16 +1,16 @@
-"""The recognition vendors a session may name, known to the core without loading any of them
-(the worker's registry must list exactly these; a test keeps the two equal)."""
+"""A session's fallback recognition vendors, checked against the names the core knows
+(``voxq.stt_offers``; the worker's registry must list exactly these, a test keeps the two
+equal)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 from voxq.errors import InvalidInput
+from voxq.stt_offers import RECOGNITION_VENDORS
 
-RECOGNITION_VENDORS: frozenset[str] = frozenset({
-    "local", "aws", "voxq-ws", "assemblyai", "assemblyai-v2", "deepgram", "dashscope",
-    "volcengine",
-})
+__all__ = ["MAX_FALLBACKS", "RECOGNITION_VENDORS", "parse_fallback"]
+
 MAX_FALLBACKS = 4
 
 

@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
-from voxq.errors import InvalidInput, VoxqError
+from voxq.errors import VendorOptionError, VoxqError
 from voxq.records import Transcript, Word
 from voxq.redaction import redact
 from voxq.settings import Settings
+from voxq.stt_offers import validate_session
+from voxq.stt_offers.contract import NoOptions
 from voxq.tts_offers import SynthesisRequest, TextLimit, offer_of
 
 __all__ = [
@@ -40,6 +42,8 @@ __all__ = [
 
 
 # --- errors -------------------------------------------------------------------------------
+# VendorOptionError (a session the vendor would refuse, raised when it is created) is the core's,
+# with the contracts that raise it (voxq.stt_offers); it is re-exported here.
 
 class VendorError(VoxqError):
     """A vendor session failed. ``retryable`` says whether a new attempt can succeed."""
@@ -80,17 +84,7 @@ def error_kind(e: VendorError) -> str:
     return "auth" if isinstance(e, VendorAuthError) else "rejected"
 
 
-class VendorOptionError(InvalidInput):
-    """A per-session option the vendor does not accept; raised when the session is created."""
-
-
 # --- configuration ------------------------------------------------------------------------
-
-class NoOptions(BaseModel):
-    """Options model of a vendor that takes no per-session options."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
 
 @dataclass(frozen=True, slots=True)
 class RecognizerConfig:
@@ -109,7 +103,6 @@ class Recognizer(abc.ABC):
     """One streaming recognition session with a vendor (one socket, usually)."""
 
     name: ClassVar[str]
-    options_model: ClassVar[type[BaseModel]] = NoOptions
     #: fastest replay the vendor tolerates, as a multiple of real time, after a burst of
     #: ``replay_burst_seconds`` of audio sent at once
     max_replay_speed: ClassVar[float] = 4.0
@@ -127,17 +120,9 @@ class Recognizer(abc.ABC):
     @classmethod
     def validate_options(cls, language: str, rate: int, channels: int,
                          options: Mapping[str, Any]) -> BaseModel:
-        """Check a session's options before it is created; raise VendorOptionError."""
-        from pydantic import ValidationError
-
-        try:
-            return cls.options_model.model_validate(dict(options))
-        except ValidationError as e:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg']}"
-                for err in e.errors()
-            )
-            raise VendorOptionError(f"{cls.name}: invalid options: {problems}") from e
+        """The session's options as the vendor's contract in the core parses and checks them
+        (``voxq.stt_offers``, the same the producer checks with); raise VendorOptionError."""
+        return validate_session(cls.name, language, rate, channels, options)
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -1,5 +1,6 @@
-"""Vendor adapters by name, imported lazily so a producer or API never loads a vendor it
-does not use (and an unknown name is a clear error that lists the known ones)."""
+"""Vendor adapters by name, imported lazily so a worker never loads a vendor it does not use
+(and an unknown name is a clear error that lists the known ones). What a recognition session
+may ask for is checked by the core's contracts (``voxq.stt_offers``), the producer's too."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from voxq.errors import InvalidInput
+from voxq.errors import UnknownVendor
 from voxq.settings import Settings
+from voxq.stt_offers import validate_session as validate_offered_session
 from workers.vendors.base import Recognizer, RecognizerConfig, Synthesizer
 
 RECOGNIZERS: dict[str, str] = {
@@ -31,10 +33,6 @@ SYNTHESIZERS: dict[str, str] = {
     "volcengine": "workers.vendors.volcengine.tts:VolcengineTtsSynthesizer",
     "volcengine-v3": "workers.vendors.volcengine.tts:VolcengineV3Synthesizer",
 }
-
-
-class UnknownVendor(InvalidInput):
-    """A vendor name that is not registered."""
 
 
 def _load(table: Mapping[str, str], name: str, kind: str) -> Any:
@@ -61,8 +59,8 @@ def synthesizer_class(name: str) -> type[Synthesizer]:
 
 def validate_session(vendor: str, language: str, rate: int, channels: int,
                      options: Mapping[str, Any]) -> BaseModel:
-    """Check vendor and options when a session is created, so mistakes fail at the producer."""
-    return recognizer_class(vendor).validate_options(language, rate, channels, options)
+    """Check vendor and options with the core's contract of the vendor (no adapter loaded)."""
+    return validate_offered_session(vendor, language, rate, channels, options)
 
 
 def create_recognizer(vendor: str, session_id: str, language: str, rate: int, channels: int,

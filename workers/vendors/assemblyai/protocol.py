@@ -1,4 +1,5 @@
-"""AssemblyAI Universal Streaming (v3) wire protocol: options, URL, messages (pure; no sockets).
+"""AssemblyAI Universal Streaming (v3) wire protocol: URL, messages (pure; no sockets). What a
+session may ask for is the core's contract (``voxq.stt_offers.assemblyai``).
 
 Client → server: binary frames of raw pcm_s16le (50-1000 ms each) and JSON text frames
 ``Terminate``, ``ForceEndpoint``, ``KeepAlive``, ``UpdateConfiguration``. Server → client:
@@ -14,13 +15,11 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlencode
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
 from voxq.records import Transcript, Word
-from workers.vendors.option_values import split_list
+from voxq.stt_offers.assemblyai import AssemblyAIOptions
 
 __all__ = [
     "FORCE_ENDPOINT",
@@ -47,9 +46,6 @@ TERMINATE = '{"type":"Terminate"}'
 FORCE_ENDPOINT = '{"type":"ForceEndpoint"}'
 KEEPALIVE = '{"type":"KeepAlive"}'
 MIN_CHUNK_S, MAX_CHUNK_S = 0.05, 1.0
-SPEECH_MODELS = ("universal-streaming-english", "universal-streaming-multilingual", "u3-rt-pro",
-                 "whisper-rt", "universal-3-5-pro", "u3-rt-pro-beta-1")
-_PRO_MODELS = ("u3-rt-pro", "universal-3-5-pro", "u3-rt-pro-beta-1")
 _UPDATABLE = frozenset({"end_of_turn_confidence_threshold", "min_turn_silence", "max_turn_silence",
                         "vad_threshold", "format_turns", "keyterms_prompt", "prompt",
                         "filter_profanity"})
@@ -57,61 +53,6 @@ _UPDATABLE = frozenset({"end_of_turn_confidence_threshold", "min_turn_silence", 
 
 class ProtocolError(ValueError):
     """A server frame that is not valid v3 protocol."""
-
-
-# --- options ------------------------------------------------------------------------------
-
-
-class AssemblyAIOptions(BaseModel):
-    """Per-session v3 query options (§A2 of the notes), validated when the session is created."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    speech_model: Literal[SPEECH_MODELS] | None = Field(  # type: ignore[valid-type]
-        default=None, description="default: universal-streaming-english for English sessions, "
-                                  "universal-streaming-multilingual otherwise")
-    format_turns: bool = True
-    end_of_turn_confidence_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
-    min_turn_silence: int | None = Field(default=None, ge=0, le=60_000)
-    max_turn_silence: int | None = Field(default=None, ge=0, le=60_000)
-    vad_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
-    keyterms_prompt: tuple[str, ...] | None = None
-    prompt: str | None = Field(default=None, min_length=1, max_length=10_000)
-    inactivity_timeout: int | None = Field(default=None, ge=5, le=3600)
-    language_detection: bool = False
-    speaker_labels: bool = False
-    max_speakers: int | None = Field(default=None, ge=1, le=10)
-    filter_profanity: bool = False
-
-    @field_validator("keyterms_prompt", mode="before")
-    @classmethod
-    def _terms(cls, value: Any) -> Any:
-        """Comma strings become tuples."""
-        return split_list(value)
-
-    @field_validator("keyterms_prompt")
-    @classmethod
-    def _nonempty(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        """At least one term, none blank."""
-        if value is not None and (not value or any(not t.strip() for t in value)):
-            raise ValueError("needs one or more non-empty terms")
-        return value
-
-    @model_validator(mode="after")
-    def _combinations(self) -> AssemblyAIOptions:
-        """Reject what only makes sense with another option or model."""
-        if self.max_speakers is not None and not self.speaker_labels:
-            raise ValueError("max_speakers needs speaker_labels")
-        if (self.min_turn_silence is not None and self.max_turn_silence is not None
-                and self.min_turn_silence > self.max_turn_silence):
-            raise ValueError("min_turn_silence must not exceed max_turn_silence")
-        if self.prompt is not None and self.speech_model not in _PRO_MODELS:
-            raise ValueError(f"prompt needs speech_model {' / '.join(_PRO_MODELS)}")
-        if self.end_of_turn_confidence_threshold is not None and self.speech_model is not None \
-                and not self.speech_model.startswith("universal-streaming"):
-            raise ValueError("end_of_turn_confidence_threshold is for the universal-streaming "
-                             "models only")
-        return self
 
 
 def speech_model_for(language: str, options: AssemblyAIOptions) -> str:

@@ -24,8 +24,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel
-
 from voxq.settings import Settings
 from workers.vendors.assemblyai import protocol as p3
 from workers.vendors.assemblyai.codes import TOKEN_QUERY, close_error, http_error
@@ -37,7 +35,6 @@ from workers.vendors.base import (
     Transcript,
     VendorAuthError,
     VendorError,
-    VendorOptionError,
     VendorRejected,
     VendorRetryable,
 )
@@ -75,15 +72,6 @@ class AssemblyAIBase(WebSocketRecognizer):
     def params(self, token: str | None) -> list[tuple[str, str]]:
         """The connection's query parameters."""
         raise NotImplementedError
-
-    @classmethod
-    def validate_options(cls, language: str, rate: int, channels: int,
-                         options: Mapping[str, Any]) -> BaseModel:
-        """Check options, rate and channels at session creation."""
-        parsed = super().validate_options(language, rate, channels, options)
-        if channels not in (1, 2):
-            raise VendorOptionError(f"{cls.name}: {channels} channels; 1 or 2 are supported")
-        return parsed
 
     async def endpoint(self, channel: int | None) -> Endpoint:
         """The URL with its query; the key as Authorization, or a token (a fresh one each
@@ -154,7 +142,6 @@ class AssemblyAIRecognizer(AssemblyAIBase):
     """AssemblyAI Universal Streaming v3: one connection per channel."""
 
     name: ClassVar[str] = "assemblyai"
-    options_model: ClassVar[type[BaseModel]] = p3.AssemblyAIOptions
     generation: ClassVar[Literal["v3", "v2"]] = "v3"
     #: 3 h per session (or the token's limit); inactivity only with ``inactivity_timeout``
     limits: ClassVar[SessionLimits] = SessionLimits(max_session=10_800.0)

@@ -10,8 +10,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from voxq.stt_offers.aws import AwsTranscribeOptions, language_code
 from workers.vendors.aws import eventstream as es
-from workers.vendors.aws.options import AwsTranscribeOptions, _language
 from workers.vendors.base import (
     RecognizerConfig,
     Transcript,
@@ -39,6 +39,8 @@ _AUTH_TYPES = frozenset({
     "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken",
 })
 _AUDIO_TIMEOUT_TEXT = "no new audio was received"
+MAX_EVENT_BYTES = 32 * 1024
+"""Largest AudioEvent payload (older model docs: 32 KB; current docs: at most 1 s of audio)."""
 
 
 def query_params(config: RecognizerConfig) -> dict[str, str]:
@@ -51,7 +53,7 @@ def query_params(config: RecognizerConfig) -> dict[str, str]:
     elif opts.identify_multiple_languages:
         params["identify-multiple-languages"] = "true"
     else:
-        params["language-code"] = _language(config.language) or config.language
+        params["language-code"] = language_code(config.language) or config.language
     if opts.enable_channel_identification:
         params["enable-channel-identification"] = "true"
         params["number-of-channels"] = str(config.channels)

@@ -25,15 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import ClassVar
 from urllib.parse import urlsplit
-
-from pydantic import BaseModel
 
 from workers.vendors.aws import eventstream as es
 from workers.vendors.aws import protocol
 from workers.vendors.aws.eventstream import audio_event
-from workers.vendors.aws.options import LANGUAGES, MAX_RATE, MIN_RATE, AwsTranscribeOptions, _language
 from workers.vendors.aws.protocol import _SIGNED_QUERY
 from workers.vendors.aws.settings import AwsSettings
 from workers.vendors.aws.sigv4 import (
@@ -47,7 +44,6 @@ from workers.vendors.base import (
     Transcript,
     VendorAuthError,
     VendorError,
-    VendorOptionError,
     VendorRejected,
     VendorRetryable,
 )
@@ -60,7 +56,6 @@ class AwsTranscribeRecognizer(WebSocketRecognizer):
     """Amazon Transcribe streaming: one presigned WebSocket per stream, rolled over before 4 h."""
 
     name: ClassVar[str] = "aws"
-    options_model: ClassVar[type[BaseModel]] = AwsTranscribeOptions
     #: the service wants close to real time; faster delivery can earn "Your stream is too big"
     max_replay_speed: ClassVar[float] = 2.0
     #: 4 h per stream, 15 s without an AudioEvent (docs/protocols/aws-transcribe.md, §7)
@@ -75,30 +70,6 @@ class AwsTranscribeRecognizer(WebSocketRecognizer):
     presign_expires: int = MAX_PRESIGN_EXPIRES
     ping_interval: float | None = None
     drain_timeout: float = 30.0  # after the empty AudioEvent, wait this long for the close
-
-    @classmethod
-    def validate_options(cls, language: str, rate: int, channels: int,
-                         options: Mapping[str, Any]) -> BaseModel:
-        """Check options, language, rate and channels the way the service would, at creation."""
-        parsed = super().validate_options(language, rate, channels, options)
-        assert isinstance(parsed, AwsTranscribeOptions)
-        if not MIN_RATE <= rate <= MAX_RATE:
-            raise VendorOptionError(f"aws: sample rate {rate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz")
-        if channels not in (1, 2):
-            raise VendorOptionError(f"aws: {channels} channels; Transcribe takes 1 or 2")
-        identify = parsed.identify_language or parsed.identify_multiple_languages
-        if not identify and _language(language) is None:
-            raise VendorOptionError(
-                f"aws: language {language!r} is not a Transcribe streaming language; "
-                f"supported: {', '.join(LANGUAGES)}")
-        if parsed.enable_channel_identification is False and channels == 2:
-            raise VendorOptionError("aws: a 2-channel session needs channel identification")
-        if parsed.enable_channel_identification and channels != 2:
-            raise VendorOptionError("aws: enable_channel_identification needs a 2-channel session")
-        if parsed.show_speaker_label and channels == 2:
-            raise VendorOptionError("aws: show_speaker_label cannot be combined with channel "
-                                    "identification (2-channel sessions)")
-        return parsed.model_copy(update={"enable_channel_identification": channels == 2})
 
     def _credentials(self) -> tuple[str, str, str | None]:
         """Access key, secret key and optional session token; VendorAuthError if missing."""

@@ -25,24 +25,22 @@ import json
 import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from pydantic import BaseModel
 from websockets.exceptions import ConnectionClosed
 
 from voxq.aio import within
 from voxq.settings import Settings
+from voxq.stt_offers.dashscope import DashScopeOptions
 from workers.vendors.base import (
     RecognizerConfig,
     Transcript,
     VendorAuthError,
     VendorError,
-    VendorOptionError,
     VendorRejected,
     VendorRetryable,
 )
 from workers.vendors.dashscope import protocol
-from workers.vendors.dashscope.protocol import DashScopeOptions
 from workers.vendors.dashscope.settings import DashScopeSettings
 from workers.vendors.redaction import vendor_text
 from workers.vendors.ws_stt import Endpoint, Frame, Link, SessionLimits, WebSocketRecognizer, where_of
@@ -93,7 +91,6 @@ class DashScopeRecognizer(WebSocketRecognizer):
     """Paraformer real-time ASR, one DashScope task (and WebSocket) per channel."""
 
     name: ClassVar[str] = VENDOR
-    options_model: ClassVar[type[BaseModel]] = DashScopeOptions
     #: no maximum task length is stated; 23 s without audio fails the task
     limits: ClassVar[SessionLimits] = SessionLimits(max_silence=23.0)
     multichannel: ClassVar[bool] = False  # Paraformer takes mono audio only
@@ -120,24 +117,6 @@ class DashScopeRecognizer(WebSocketRecognizer):
     def input_rate(self) -> int:
         """The model's rate (8 kHz or 16 kHz models) or the session's (v2 takes any rate)."""
         return self._rate
-
-    @classmethod
-    def validate_options(cls, language: str, rate: int, channels: int,
-                         options: Mapping[str, Any]) -> BaseModel:
-        """Check options, the language and the rate for the chosen model at session creation."""
-        parsed = super().validate_options(language, rate, channels, options)
-        assert isinstance(parsed, DashScopeOptions)
-        try:
-            protocol.session_hints(language, parsed)
-        except ValueError as e:
-            raise VendorOptionError(f"{VENDOR}: {e}") from None
-        need = protocol.model_rate(parsed.model)
-        if need is not None and rate < need:
-            raise VendorOptionError(f"{VENDOR}: {parsed.model} takes {need} Hz audio; a {rate} Hz "
-                                    "session cannot supply it (use paraformer-realtime-v2)")
-        if channels not in (1, 2):
-            raise VendorOptionError(f"{VENDOR}: {channels} channels; 1 or 2 are supported")
-        return parsed
 
     # --- hooks -----------------------------------------------------------------------------------
 

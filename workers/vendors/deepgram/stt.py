@@ -16,15 +16,12 @@ Settings (SecretStr) and is redacted from the websockets library's debug lines a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 from urllib.parse import urlsplit
-
-from pydantic import BaseModel
 
 from workers.vendors.base import (
     Transcript,
     VendorError,
-    VendorOptionError,
     VendorRejected,
     VendorRetryable,
 )
@@ -39,7 +36,6 @@ class DeepgramRecognizer(WebSocketRecognizer):
     """Deepgram live streaming: one connection per session, multichannel for two channels."""
 
     name: ClassVar[str] = "deepgram"
-    options_model: ClassVar[type[BaseModel]] = dg.DeepgramOptions
     #: Deepgram's documented ceiling is 1.25x real time
     max_replay_speed: ClassVar[float] = 1.25
     replay_burst_seconds: ClassVar[float] = 1.0
@@ -50,24 +46,6 @@ class DeepgramRecognizer(WebSocketRecognizer):
     keepalive_after: float = 4.0  # the docs say every 3-5 s; the service waits 10 s
     keepalive_seconds: float = 0.1  # silence sent when a keep-alive is due before any audio
     request_id: str | None = None
-
-    @classmethod
-    def validate_options(cls, language: str, rate: int, channels: int,
-                         options: Mapping[str, Any]) -> BaseModel:
-        """Check options, language and channels at session creation; set multichannel."""
-        parsed = super().validate_options(language, rate, channels, options)
-        assert isinstance(parsed, dg.DeepgramOptions)
-        if channels not in (1, 2):
-            raise VendorOptionError(f"{cls.name}: {channels} channels; 1 or 2 are supported")
-        if not dg.valid_language(language):
-            raise VendorOptionError(f"{cls.name}: language {language!r} is not a BCP-47 tag "
-                                    "such as en or en-US (or multi)")
-        if parsed.multichannel is False and channels == 2:
-            raise VendorOptionError(f"{cls.name}: a 2-channel session needs multichannel (each "
-                                    "channel is transcribed on its own)")
-        if parsed.multichannel and channels == 1:
-            raise VendorOptionError(f"{cls.name}: multichannel needs a 2-channel session")
-        return parsed.model_copy(update={"multichannel": channels == 2})
 
     @property
     def options(self) -> dg.DeepgramOptions:

@@ -16,16 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from voxq.audio import deinterleave
 from voxq.settings import Settings
+from voxq.stt_offers.local import LocalOptions
 from workers.vendors.base import (
     Recognizer,
     RecognizerConfig,
     Transcript,
     VendorError,
-    VendorOptionError,
     VendorRejected,
     Word,
 )
@@ -38,15 +36,6 @@ _ALT_PRON = re.compile(r"\(\d+\)$")
 
 _pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1),
                            thread_name_prefix="voxq-local-asr")
-
-
-class LocalOptions(BaseModel):
-    """Per-session options of the local engine."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    vad_mode: int = Field(default=2, ge=0, le=3, description="VAD aggressiveness 0-3")
-    window: float = Field(default=0.3, ge=0.1, le=2.0,
-                          description="seconds of audio the endpointer decides on")
 
 
 def confidence(prob: float) -> float:
@@ -159,7 +148,6 @@ class LocalRecognizer(Recognizer):
     """Offline recognition, no credentials: the default engine."""
 
     name: ClassVar[str] = "local"
-    options_model: ClassVar[type[BaseModel]] = LocalOptions
     max_replay_speed: ClassVar[float] = 1000.0
 
     def __init__(self, config: RecognizerConfig, settings: Settings):
@@ -172,17 +160,6 @@ class LocalRecognizer(Recognizer):
     def input_rate(self) -> int:
         """The bundled model is 16 kHz; the worker resamples to it."""
         return RATE
-
-    @classmethod
-    def validate_options(cls, language: str, rate: int, channels: int,
-                         options: Any) -> BaseModel:
-        """Besides the options, the bundled model only knows English."""
-        parsed = super().validate_options(language, rate, channels, options)
-        if not language.lower().startswith("en"):
-            raise VendorOptionError(
-                f"local: the bundled pocketsphinx model is English (en-*); got {language!r}; "
-                "set VOXQ_LOCAL_MODEL_DIR for another language's model")
-        return parsed
 
     async def start(self) -> None:
         """Load one decoder per channel (off the loop: it reads model files)."""

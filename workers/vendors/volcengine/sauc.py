@@ -1,5 +1,7 @@
-"""Volcengine big-model streaming ASR (``sauc``): options, request JSON, response parsing and
-error classification. Pure, no sockets (``docs/protocols/volcengine.md``, "sauc request JSON"; all of §4).
+"""Volcengine big-model streaming ASR (``sauc``): request JSON, response parsing and error
+classification. Pure, no sockets (``docs/protocols/volcengine.md``, "sauc request JSON"; all of §4).
+The options, modes and languages a session may ask for are the core's contract
+(``voxq.stt_offers.volcengine``).
 
 The request always asks for ``show_utterances`` (times and words need it). Responses are read
 the same way in ``full`` and ``single`` result modes: each utterance is final once ``definite``
@@ -8,16 +10,13 @@ is true, and the session module drops definite utterances it already reported.
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from typing import Any, Literal
 
 from voxq.records import Transcript
 from voxq.records import Word as TranscriptWord
+from voxq.stt_offers.volcengine import MODES, VolcengineOptions, stream_language
 
 __all__ = [
     "DEFAULT_RESOURCE_ID",
@@ -40,7 +39,6 @@ __all__ = [
 
 DEFAULT_URL = "wss://openspeech.bytedance.com/api/v3/sauc"
 """Base of the three endpoints; the mode's path segment is appended."""
-MODES = ("bigmodel", "bigmodel_async", "bigmodel_nostream")
 RESOURCE_IDS = ("volc.bigasr.sauc.duration", "volc.bigasr.sauc.concurrent",
                 "volc.seedasr.sauc.duration", "volc.seedasr.sauc.concurrent")
 DEFAULT_RESOURCE_ID = RESOURCE_IDS[0]
@@ -48,101 +46,12 @@ RATE = 16000
 """The only sample rate the service accepts (16-bit mono PCM)."""
 SUCCESS = 20000000
 
-#: languages the nostream mode documents (the list in the docs ends with "…": other
-#: well-formed codes are passed through)
-NOSTREAM_LANGUAGES = ("zh-CN", "en-US", "ja-JP", "id-ID", "es-MX", "pt-BR", "de-DE", "fr-FR",
-                      "ko-KR", "fil-PH", "ms-MY", "th-TH", "ar-SA")
-_LANGUAGE_RE = re.compile(r"^([a-z]{2,3})(?:[-_]([A-Za-z]{2}|\d{3}))?$", re.IGNORECASE)
-_AUTO = ("", "auto")
-
 _RETRYABLE_CODES = frozenset({45000081, 45000292, 55000031})
 _AUTH_CODES = frozenset({45000010, 45000030})
 
 
 class ProtocolError(ValueError):
     """A server response that does not have the documented shape."""
-
-
-def _json_text(value: str | None) -> str | None:
-    """A field the service takes as a JSON *string*: it must parse."""
-    if value is None:
-        return None
-    try:
-        json.loads(value)
-    except ValueError as e:
-        raise ValueError(f"must be a JSON string: {e}") from None
-    return value
-
-
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-
-
-class VolcengineOptions(BaseModel):
-    """Per-session options of the ``volcengine`` recognizer (§4.4), checked at session creation."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    mode: Literal["bigmodel", "bigmodel_async", "bigmodel_nostream"] = "bigmodel_async"
-    result_type: Literal["full", "single"] = "single"
-    enable_itn: bool | None = None
-    enable_punc: bool | None = None
-    enable_ddc: bool | None = None
-    enable_nonstream: bool | None = None
-    end_window_size: int | None = Field(default=None, ge=200)
-    force_to_speech_time: int | None = Field(default=None, ge=1)
-    vad_segment_duration: int | None = Field(default=None, ge=1)
-    enable_accelerate_text: bool | None = None
-    accelerate_score: int | None = Field(default=None, ge=0, le=20)
-    output_zh_variant: Literal["traditional", "tw", "hk"] | None = None
-    boosting_table_id: Name | None = None
-    boosting_table_name: Name | None = None
-    correct_table_id: Name | None = None
-    correct_table_name: Name | None = None
-    context: str | None = Field(default=None, max_length=100_000)
-    sensitive_words_filter: str | None = Field(default=None, max_length=100_000)
-    uid: Name | None = None
-
-    @field_validator("context", "sensitive_words_filter")
-    @classmethod
-    def _json_strings(cls, value: str | None) -> str | None:
-        """These travel as JSON strings; malformed JSON is refused here, not by the service."""
-        return _json_text(value)
-
-    @model_validator(mode="after")
-    def _combinations(self) -> VolcengineOptions:
-        """Options that only one mode accepts."""
-        if self.enable_nonstream is not None and self.mode != "bigmodel_async":
-            raise ValueError("enable_nonstream is for mode bigmodel_async only")
-        if self.accelerate_score is not None and not self.enable_accelerate_text:
-            raise ValueError("accelerate_score needs enable_accelerate_text")
-        return self
-
-
-def stream_language(language: str, mode: str) -> str | None:
-    """The ``audio.language`` to send (nostream only; None = the default zh/en + dialects);
-    ValueError for a language the mode cannot recognise."""
-    code = language.strip()
-    if code.lower() in _AUTO:
-        return None
-    m = _LANGUAGE_RE.match(code)
-    if m is None:
-        raise ValueError(f"language {language!r} is not a language code such as zh-CN")
-    base = m.group(1).lower()
-    if mode != "bigmodel_nostream":
-        if base not in ("zh", "en", "yue"):
-            raise ValueError(f"language {language!r}: the streaming modes recognise Chinese "
-                             "(with dialects) and English; use mode=bigmodel_nostream for "
-                             "other languages")
-        return None
-    for known in NOSTREAM_LANGUAGES:
-        if known.lower() == code.lower().replace("_", "-"):
-            return known
-    if m.group(2) is None:
-        for known in NOSTREAM_LANGUAGES:
-            if known.split("-")[0] == base:
-                return known
-        raise ValueError(f"language {language!r}: give a region as well (e.g. {base}-XX)")
-    return f"{base}-{m.group(2).upper()}"
 
 
 def endpoint(base: str, mode: str) -> str:

@@ -22,23 +22,21 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from pydantic import BaseModel
 from websockets.exceptions import ConnectionClosed
 
 from voxq.aio import within
+from voxq.stt_offers.volcengine import VolcengineOptions
 from workers.vendors.base import (
     Transcript,
     VendorAuthError,
     VendorError,
-    VendorOptionError,
     VendorRejected,
     VendorRetryable,
 )
 from workers.vendors.redaction import vendor_text
 from workers.vendors.volcengine import frames, sauc
-from workers.vendors.volcengine.sauc import VolcengineOptions
 from workers.vendors.volcengine.settings import VolcengineSettings
 from workers.vendors.ws_stt import Endpoint, Frame, Link, SessionLimits, WebSocketRecognizer, where_of
 
@@ -80,7 +78,6 @@ class VolcengineRecognizer(WebSocketRecognizer):
     """Volcengine big-model streaming ASR, one binary-protocol WebSocket per channel."""
 
     name: ClassVar[str] = VENDOR
-    options_model: ClassVar[type[BaseModel]] = VolcengineOptions
     #: no maximum stream length is stated; an unstated packet wait ends it (45000081)
     limits: ClassVar[SessionLimits] = SessionLimits()
     multichannel: ClassVar[bool] = False  # results carry no channel: one mono stream each
@@ -104,20 +101,6 @@ class VolcengineRecognizer(WebSocketRecognizer):
     def input_rate(self) -> int:
         """The service takes 16 kHz only; the worker resamples."""
         return sauc.RATE
-
-    @classmethod
-    def validate_options(cls, language: str, rate: int, channels: int,
-                         options: Mapping[str, Any]) -> BaseModel:
-        """Check options and the language for the chosen mode when the session is created."""
-        parsed = super().validate_options(language, rate, channels, options)
-        assert isinstance(parsed, VolcengineOptions)
-        try:
-            sauc.stream_language(language, parsed.mode)
-        except ValueError as e:
-            raise VendorOptionError(f"{VENDOR}: {e}") from None
-        if channels not in (1, 2):
-            raise VendorOptionError(f"{VENDOR}: {channels} channels; 1 or 2 are supported")
-        return parsed
 
     # --- hooks -----------------------------------------------------------------------------------
 

@@ -33,12 +33,12 @@ from voxq.keys import Keys
 from voxq.records import SessionMeta, Status, Transcript
 from voxq.sessions import read_finals
 from voxq.settings import Settings
+from voxq.stt_offers.aws import AwsTranscribeOptions
 from voxq.timeline import Timeline
 from workers.transcriber import Transcriber
 from workers.vendors.aws import protocol as aws
 from workers.vendors.aws import stt as aws_stt
 from workers.vendors.aws.eventstream import Message
-from workers.vendors.aws.options import AwsTranscribeOptions
 from workers.vendors.aws.stt import AwsTranscribeRecognizer
 from workers.vendors.base import (
     RecognizerConfig,

@@ -1,4 +1,5 @@
-"""AssemblyAI legacy real-time (v2) wire protocol: options, URL, messages (pure; no sockets).
+"""AssemblyAI legacy real-time (v2) wire protocol: URL, messages (pure; no sockets). What a
+session may ask for is the core's contract (``voxq.stt_offers.assemblyai_v2``).
 
 Client → server: audio as ``{"audio_data": "<base64>"}`` text frames (what the original SDKs
 sent; raw binary frames are the newer alternative) of 100-2000 ms each, and the control
@@ -18,10 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from voxq.records import Transcript, Word
-from workers.vendors.option_values import split_list
+from voxq.stt_offers.assemblyai_v2 import AssemblyAIV2Options
 
 __all__ = [
     "FORCE_END_UTTERANCE",
@@ -43,40 +42,10 @@ __all__ = [
 TERMINATE = '{"terminate_session":true}'
 FORCE_END_UTTERANCE = '{"force_end_utterance":true}'
 MIN_CHUNK_S, MAX_CHUNK_S = 0.1, 2.0
-MAX_WORD_BOOST_CHARS = 2500
 
 
 class ProtocolError(ValueError):
     """A server frame that is not valid v2 protocol."""
-
-
-class AssemblyAIV2Options(BaseModel):
-    """Per-session v2 options (§B1-B2 of the notes), validated when the session is created."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    word_boost: tuple[str, ...] | None = None
-    disable_partial_transcripts: bool = False
-    end_utterance_silence_threshold: int | None = Field(default=None, ge=0, le=20_000)
-    enable_extra_session_information: bool = False
-
-    @field_validator("word_boost", mode="before")
-    @classmethod
-    def _terms(cls, value: Any) -> Any:
-        """Comma strings become tuples."""
-        return split_list(value)
-
-    @field_validator("word_boost")
-    @classmethod
-    def _boost(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        """Non-empty terms whose JSON encoding fits the service's 2500 characters."""
-        if value is None:
-            return None
-        if not value or any(not t.strip() for t in value):
-            raise ValueError("needs one or more non-empty terms")
-        if len(json.dumps(list(value))) > MAX_WORD_BOOST_CHARS:
-            raise ValueError(f"at most {MAX_WORD_BOOST_CHARS} characters as JSON")
-        return value
 
 
 def query_params(rate: int, options: AssemblyAIV2Options,

@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel
-
 from voxq.settings import Settings
 from workers.vendors.assemblyai.settings import AssemblyAISettings
 from workers.vendors.assemblyai.stt import AssemblyAIBase
@@ -31,7 +29,6 @@ class AssemblyAIV2Recognizer(AssemblyAIBase):
     """AssemblyAI real-time v2: one connection per channel."""
 
     name: ClassVar[str] = "assemblyai-v2"
-    options_model: ClassVar[type[BaseModel]] = p2.AssemblyAIV2Options
     generation: ClassVar[Literal["v3", "v2"]] = "v2"
     replay_burst_seconds: ClassVar[float] = 2.0
     #: the session length behind ``expires_at`` is not stated; 1 min without audio ends it

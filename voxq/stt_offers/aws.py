@@ -1,4 +1,4 @@
-"""Amazon Transcribe streaming: the per-session options and the languages, rates and
+"""`aws`, Amazon Transcribe streaming: the per-session options and the languages, rates and
 channels the service takes (``docs/protocols/aws-transcribe.md``, "Transcription parameters")."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from workers.vendors.option_values import split_list
+from voxq.errors import VendorOptionError
+from voxq.stt_offers.contract import RecognitionOffer, split_list
 
-__all__ = ["LANGUAGES", "MAX_EVENT_BYTES", "MAX_RATE", "MIN_RATE", "AwsTranscribeOptions"]
+__all__ = ["LANGUAGES", "MAX_RATE", "MIN_RATE", "OFFER", "AwsTranscribeOptions", "language_code"]
 
 #: streaming language codes of the Transcribe model enum the notes verified (§3)
 LANGUAGES: tuple[str, ...] = (
@@ -18,8 +19,6 @@ LANGUAGES: tuple[str, ...] = (
     "ko-KR", "zh-CN", "hi-IN", "th-TH",
 )
 MIN_RATE, MAX_RATE = 8000, 48000
-MAX_EVENT_BYTES = 32 * 1024
-"""Largest AudioEvent payload (older model docs: 32 KB; current docs: at most 1 s of audio)."""
 PII_ENTITY_TYPES = frozenset({
     "BANK_ACCOUNT_NUMBER", "BANK_ROUTING", "CREDIT_DEBIT_NUMBER", "CREDIT_DEBIT_CVV",
     "CREDIT_DEBIT_EXPIRY", "PIN", "EMAIL", "ADDRESS", "NAME", "PHONE", "SSN", "ALL",
@@ -35,7 +34,7 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_N
 # --- options --------------------------------------------------------------------------------------
 
 
-def _language(code: str) -> str | None:
+def language_code(code: str) -> str | None:
     """The canonical spelling of a supported language code, or None."""
     return _LOWER_LANGUAGES.get(code.strip().lower())
 
@@ -92,7 +91,7 @@ class AwsTranscribeOptions(BaseModel):
             return None
         codes = []
         for code in value:
-            canonical = _language(code)
+            canonical = language_code(code)
             if canonical is None:
                 raise ValueError(f"unsupported language {code!r}; supported: {', '.join(LANGUAGES)}")
             codes.append(canonical)
@@ -111,7 +110,7 @@ class AwsTranscribeOptions(BaseModel):
         """A supported language code."""
         if value is None:
             return None
-        canonical = _language(value)
+        canonical = language_code(value)
         if canonical is None:
             raise ValueError(f"unsupported language {value!r}")
         return canonical
@@ -160,3 +159,29 @@ class AwsTranscribeOptions(BaseModel):
             raise ValueError("vocabulary_names / vocabulary_filter_names are for language "
                              "identification; use vocabulary_name / vocabulary_filter_name")
         return self
+
+
+def check(language: str, rate: int, channels: int,
+          options: AwsTranscribeOptions) -> AwsTranscribeOptions:
+    """Check language, rate and channels the way the service would; channel identification
+    is on exactly for two channels."""
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise VendorOptionError(f"aws: sample rate {rate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz")
+    if channels not in (1, 2):
+        raise VendorOptionError(f"aws: {channels} channels; Transcribe takes 1 or 2")
+    identify = options.identify_language or options.identify_multiple_languages
+    if not identify and language_code(language) is None:
+        raise VendorOptionError(
+            f"aws: language {language!r} is not a Transcribe streaming language; "
+            f"supported: {', '.join(LANGUAGES)}")
+    if options.enable_channel_identification is False and channels == 2:
+        raise VendorOptionError("aws: a 2-channel session needs channel identification")
+    if options.enable_channel_identification and channels != 2:
+        raise VendorOptionError("aws: enable_channel_identification needs a 2-channel session")
+    if options.show_speaker_label and channels == 2:
+        raise VendorOptionError("aws: show_speaker_label cannot be combined with channel "
+                                "identification (2-channel sessions)")
+    return options.model_copy(update={"enable_channel_identification": channels == 2})
+
+
+OFFER = RecognitionOffer("aws", AwsTranscribeOptions, check)
