@@ -44,11 +44,11 @@ async def test_keys_create_list_revoke(env: dict[str, str], r: aioredis.Redis, k
     assert rec.scopes == {Scope.SESSIONS_READ, Scope.TTS_WRITE}
     assert rec.expires is not None and abs(rec.expires - (time.time() + 30 * 86400)) < 60
     stored = await _all_bytes(r, prefix)
-    assert key_id.encode() in stored and secret.split("_")[2].encode() not in stored
+    assert key_id.encode() in stored and secret.split("_", 2)[2].encode() not in stored
     listed = await run_voxq("keys", "list", "--json", env=env)
     rows = json.loads(listed.stdout)
     assert [(k["id"], k["tenant"], k["name"]) for k in rows] == [(key_id, "acme", "ci")]
-    assert secret.split("_")[2] not in listed.stdout.decode()
+    assert secret.split("_", 2)[2] not in listed.stdout.decode()
     table = (await run_voxq("keys", "list", env=env)).stdout.decode()
     assert key_id in table and "sessions:read,tts:write" in table
     gone = await run_voxq("keys", "revoke", key_id, env=env)
