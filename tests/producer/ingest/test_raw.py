@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
 import soundfile as sf
 from ingesttest_support import KEY, Running, pcm_of, read_audio, wait_eos, wait_meta
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import SAMPLE
@@ -122,24 +123,30 @@ async def wm_worker(settings: Settings) -> AsyncIterator[WatermarkEmulator]:
                 await task
 
 
+async def final_words(ws: ClientConnection) -> tuple[list[str], dict[str, Any]]:
+    """The words of every final the gateway sends back, and its ``end`` frame."""
+    words: list[str] = []
+    async with asyncio.timeout(60):
+        async for raw in ws:
+            d = json.loads(raw)
+            if d["event"] == "final":
+                words += d["text"].split()
+            elif d["event"] == "end":
+                return words, d
+    raise AssertionError(f"the socket closed without an end frame after {words}")
+
+
 async def test_results_come_back_on_the_socket(gateway: Running, wm_worker: WatermarkEmulator,
                                                r: aioredis.Redis, keys: Keys) -> None:
     pcm = watermark_pcm(30)
     url = gateway.url("raw", f"key={KEY}&session=res&format=s16&vendor=voxq-ws&results=1")
-    finals: list[str] = []
     async with connect(url) as ws:
         for i in range(0, len(pcm), 3200):
             await ws.send(pcm[i:i + 3200])
         await ws.send("Done")
         assert json.loads(await ws.recv())["event"] == "ready"
-        async with asyncio.timeout(60):
-            async for raw in ws:
-                d = json.loads(raw)
-                if d["event"] == "final":
-                    finals += d["text"].split()
-                elif d["event"] == "end":
-                    assert d["status"] == "finished", d
-                    break
+        finals, end = await final_words(ws)
+    assert end["status"] == "finished", end
     assert finals == expected_words(30)
 
 
@@ -149,7 +156,6 @@ async def test_an_unreadable_stored_result_is_skipped_not_fatal(
     socket still gets every real final and the end frame."""
     pcm = watermark_pcm(30)
     url = gateway.url("raw", f"key={KEY}&session=res-bad&format=s16&vendor=voxq-ws&results=1")
-    finals: list[str] = []
     async with connect(url) as ws:
         await ws.send(pcm[:3200])
         assert json.loads(await ws.recv())["event"] == "ready"
@@ -157,13 +163,8 @@ async def test_an_unreadable_stored_result_is_skipped_not_fatal(
         for i in range(3200, len(pcm), 3200):
             await ws.send(pcm[i:i + 3200])
         await ws.send("Done")
-        async with asyncio.timeout(60):
-            async for raw in ws:
-                d = json.loads(raw)
-                if d["event"] == "final":
-                    finals += d["text"].split()
-                elif d["event"] == "end":
-                    break
+        finals, end = await final_words(ws)
+    assert end["status"] == "finished", end
     assert finals == expected_words(30)
 
 
